@@ -1,0 +1,87 @@
+"""Opening the meter database: connections, pragmas, migrations, thread-local readers.
+
+Writes go through `writer.Writer` (one thread, one connection); reads use one connection per
+thread so authentication never queues behind a write.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+
+from sqlite_utils import Database
+
+from node.meter.schema import migrations
+
+
+class MeterUnavailable(RuntimeError):
+    """The meter database cannot be written (read-only, full, locked too long): HTTP 503."""
+
+
+def connect(
+    path: str | os.PathLike[str], busy_timeout_s: float, *, synchronous: str
+) -> sqlite3.Connection:
+    """A connection in autocommit mode: transactions are explicit (`BEGIN IMMEDIATE`)."""
+    try:
+        conn = sqlite3.connect(
+            os.fspath(path), timeout=busy_timeout_s, isolation_level=None, check_same_thread=False
+        )
+        conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
+        conn.execute(f"PRAGMA synchronous = {synchronous}")
+    except sqlite3.Error as exc:
+        raise MeterUnavailable(f"cannot open meter database {os.fspath(path)}: {exc}") from exc
+    return conn
+
+
+def migrate(conn: sqlite3.Connection) -> None:
+    """Apply pending migrations under the write lock; a no-op (no write) when none are pending."""
+    try:
+        db = Database(conn, execute_plugins=False)
+        if not migrations.pending(db):
+            return
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            # Another process may have migrated while we waited for the lock.
+            migrations.apply(db)  # nested in our transaction: sqlite-utils uses savepoints
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+    except sqlite3.Error as exc:
+        raise MeterUnavailable(f"cannot prepare the meter database: {exc}") from exc
+
+
+class Readers:
+    """One read connection per thread, all closed together."""
+
+    def __init__(self, path: str | os.PathLike[str], busy_timeout_s: float) -> None:
+        self._path = path
+        self._busy_timeout_s = busy_timeout_s
+        self._local = threading.local()
+        self._all: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def get(self) -> sqlite3.Connection:
+        if self._closed:
+            raise MeterUnavailable("the meter is closed")
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            with self._lock:
+                if self._closed:
+                    raise MeterUnavailable("the meter is closed")
+                conn = connect(self._path, self._busy_timeout_s, synchronous="NORMAL")
+                conn.execute("PRAGMA query_only = 1")
+                self._all.append(conn)
+            self._local.conn = conn
+        return conn
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            for conn in self._all:
+                conn.close()
+            self._all.clear()

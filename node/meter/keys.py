@@ -1,0 +1,127 @@
+"""API keys: create, verify by SHA-256 through the index, list, delete, record last use.
+
+A secret is `llmn_` + 43 url-safe characters (256 random bits). Only its SHA-256 is stored, so
+the database never holds a usable secret; the key id (`key_` + 12 hex) is public.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import sqlite3
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from node.meter.times import US_PER_DAY, US_PER_SECOND, to_datetime
+
+SECRET_PREFIX = "llmn_"
+KEY_ID_PREFIX = "key_"
+LEVELS = ("LLM", "ADMIN")
+
+_COLUMNS = "id, secret_sha256, level, comment, org, created, expires, last_used"
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    id: str
+    level: str
+    comment: str | None
+    org: str | None
+    created: datetime
+    expires: datetime | None
+    last_used: datetime | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "level": self.level,
+            "comment": self.comment,
+            "org": self.org,
+            "created": _iso(self.created),
+            "expires": _iso(self.expires),
+            "last_used": _iso(self.last_used),
+        }
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return None if moment is None else moment.isoformat().replace("+00:00", "Z")
+
+
+def hash_secret(secret: str) -> str:
+    return hashlib.sha256(secret.encode("utf-8")).hexdigest()
+
+
+def create(
+    conn: sqlite3.Connection,
+    *,
+    level: str,
+    comment: str | None,
+    org: str | None,
+    expires_in_days: float | None,
+    now_us: int,
+) -> tuple[ApiKey, str]:
+    """Insert a new key; returns it with its secret (the only time the secret exists)."""
+    if level not in LEVELS:
+        raise ValueError(f"level {level!r} is not one of {', '.join(LEVELS)}")
+    if expires_in_days is not None and not expires_in_days > 0:
+        raise ValueError(f"expires-in {expires_in_days!r} days must be positive")
+    created = now_us - now_us % US_PER_SECOND  # whole seconds: expiry lands on an exact second
+    expires = None if expires_in_days is None else created + round(expires_in_days * US_PER_DAY)
+    while True:
+        key_id = KEY_ID_PREFIX + secrets.token_hex(6)
+        secret = SECRET_PREFIX + secrets.token_urlsafe(32)
+        row = (key_id, hash_secret(secret), level, comment, org, created, expires, None)
+        try:
+            conn.execute(f"INSERT INTO api_keys ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", row)
+        except sqlite3.IntegrityError:
+            continue  # an id collision (48 random bits): draw again
+        return _key(row), secret
+
+
+def verify(conn: sqlite3.Connection, secret: str, *, now_us: int) -> ApiKey | None:
+    """The live key for a secret, or None (unknown, deleted or expired at `now_us`)."""
+    if not secret.startswith(SECRET_PREFIX):
+        return None
+    digest = hash_secret(secret)
+    row = conn.execute(
+        f"SELECT {_COLUMNS} FROM api_keys WHERE secret_sha256 = ?", (digest,)
+    ).fetchone()
+    if row is None or not hmac.compare_digest(row[1], digest):
+        return None
+    expires = row[6]
+    if expires is not None and now_us >= expires:
+        return None
+    return _key(row)
+
+
+def list_all(conn: sqlite3.Connection) -> list[ApiKey]:
+    rows = conn.execute(f"SELECT {_COLUMNS} FROM api_keys ORDER BY created, id").fetchall()
+    return [_key(row) for row in rows]
+
+
+def delete(conn: sqlite3.Connection, key_id: str) -> bool:
+    """Remove a key; False when there is no such key."""
+    return conn.execute("DELETE FROM api_keys WHERE id = ?", (key_id,)).rowcount > 0
+
+
+def touch(conn: sqlite3.Connection, last_used: dict[str, int]) -> None:
+    """Record last use times (never moving one backwards)."""
+    conn.executemany(
+        "UPDATE api_keys SET last_used = max(coalesce(last_used, 0), ?) WHERE id = ?",
+        [(used, key_id) for key_id, used in last_used.items()],
+    )
+
+
+def _key(row: tuple[Any, ...]) -> ApiKey:
+    key_id, _digest, level, comment, org, created, expires, last_used = row
+    return ApiKey(
+        id=key_id,
+        level=level,
+        comment=comment,
+        org=org,
+        created=to_datetime(created),
+        expires=None if expires is None else to_datetime(expires),
+        last_used=None if last_used is None else to_datetime(last_used),
+    )

@@ -1,0 +1,211 @@
+"""`Meter`: the one object the service and the CLI use. Sync reads, writes as futures.
+
+Writes (open, checkpoint, finish, keys, prices) run on the writer thread and return
+`concurrent.futures.Future`s that resolve once durable; the service awaits them with
+`asyncio.wrap_future`. Reads (key verification, prices, billing) run on the calling thread's own
+connection and see every commit at once, also one made by another process, so a deleted or
+expired key fails on the very next verification without any cache to invalidate.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future
+from decimal import Decimal
+from typing import Any, TypeVar
+
+from node.meter import billing, keys, prices, usage
+from node.meter.billing import Filters
+from node.meter.db import MeterUnavailable, Readers, connect, migrate
+from node.meter.keys import ApiKey
+from node.meter.money import parse_currency, parse_price
+from node.meter.prices import Price, PricePeriod
+from node.meter.times import US_PER_SECOND, now_us
+from node.meter.usage import Bill, RequestStart, Usage
+from node.meter.writer import Writer
+
+T = TypeVar("T")
+
+LAST_USED_INTERVAL_US = 5 * US_PER_SECOND  # at most one last_used write per key per interval
+
+
+class Meter:
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        busy_timeout_s: float = 5.0,
+        synchronous: str = "FULL",
+        max_size_bytes: int | None = None,
+        clock: Callable[[], int] = now_us,
+    ) -> None:
+        """Open (creating and migrating if needed) and start the writer thread.
+
+        `synchronous`: SQLite's setting for the writer (FULL: a commit survives power loss;
+        NORMAL: survives a crash of the process). `max_size_bytes` caps the file (a full disk
+        behaves the same way). `clock` returns microseconds since the epoch (tests pin it).
+        """
+        if synchronous.upper() not in ("NORMAL", "FULL", "EXTRA"):
+            raise ValueError(f"synchronous {synchronous!r} must be NORMAL, FULL or EXTRA")
+        self.path = os.fspath(path)
+        self._clock = clock
+        conn = connect(path, busy_timeout_s, synchronous=synchronous.upper())
+        try:
+            migrate(conn)
+            if max_size_bytes is not None:
+                page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+                conn.execute(f"PRAGMA max_page_count = {max(1, max_size_bytes // page_size)}")
+        except BaseException:
+            conn.close()
+            raise
+        self._writer = Writer(conn)
+        self._readers = Readers(path, busy_timeout_s)
+        self._touched: dict[str, int] = {}
+        self._touch_lock = threading.Lock()
+
+    def close(self) -> None:
+        self._writer.close()
+        self._readers.close()
+
+    def __enter__(self) -> Meter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- the request path -------------------------------------------------------------------
+
+    def verify_key(self, secret: str) -> ApiKey | None:
+        """The live key for a bearer secret; None for unknown, deleted or expired keys."""
+        if not isinstance(secret, str) or not secret:
+            return None
+        now = self._clock()
+        key = keys.verify(self._read(), secret, now_us=now)
+        if key is not None:
+            self._note_use(key.id, now)
+        return key
+
+    def current_price(self, model: str, gpu_type: str) -> Price | None:
+        return prices.current(self._read(), model, gpu_type)
+
+    def open_request(self, start: RequestStart) -> Future[Price | None]:
+        """Durable row (status running) with the prices in force; the price it is billed at."""
+        return self._writer.submit(lambda c: usage.open_request(c, start, now_us=self._clock()))
+
+    def checkpoint(self, request_id: str, usage_so_far: Usage) -> Future[None]:
+        return self._writer.submit(
+            lambda c: usage.checkpoint(c, request_id, usage_so_far, now_us=self._clock())
+        )
+
+    def finish(self, request_id: str, final: Usage, status: str) -> Future[Bill]:
+        return self._writer.submit(
+            lambda c: usage.finish(c, request_id, final, status, now_us=self._clock())
+        )
+
+    def recover_interrupted(self) -> int:
+        """At server start: rows still running become interrupted at their last checkpoint."""
+        return self._wait(self._writer.submit(usage.recover))
+
+    # --- keys -------------------------------------------------------------------------------
+
+    def create_key(
+        self,
+        level: str,
+        *,
+        comment: str | None = None,
+        org: str | None = None,
+        expires_in_days: float | None = None,
+    ) -> tuple[ApiKey, str]:
+        """A new key and its secret: the only time the secret is ever seen."""
+        return self._wait(
+            self._writer.submit(
+                lambda c: keys.create(
+                    c,
+                    level=level,
+                    comment=comment,
+                    org=org,
+                    expires_in_days=expires_in_days,
+                    now_us=self._clock(),
+                )
+            )
+        )
+
+    def list_keys(self) -> list[ApiKey]:
+        return keys.list_all(self._read())
+
+    def delete_key(self, key_id: str) -> bool:
+        return self._wait(self._writer.submit(lambda c: keys.delete(c, key_id)))
+
+    # --- prices -----------------------------------------------------------------------------
+
+    def set_price(
+        self,
+        model: str,
+        gpu_type: str,
+        prompt_per_1m: str | Decimal,
+        completion_per_1m: str | Decimal,
+        currency: str = "PLN",
+    ) -> Price:
+        """Applies to requests admitted from now on. Raises MoneyError for an inexact price."""
+        if not model or not gpu_type:
+            raise ValueError("model and GPU type must not be empty")
+        prompt_micro = parse_price(prompt_per_1m, what="prompt price")
+        completion_micro = parse_price(completion_per_1m, what="completion price")
+        code = parse_currency(currency)
+        self._wait(
+            self._writer.submit(
+                lambda c: prices.set_price(
+                    c,
+                    model=model,
+                    gpu_type=gpu_type,
+                    prompt_micro=prompt_micro,
+                    completion_micro=completion_micro,
+                    currency=code,
+                    now_us=self._clock(),
+                )
+            )
+        )
+        return prices.to_price(
+            model, gpu_type, prices.PriceMicro(prompt_micro, completion_micro, code)
+        )
+
+    def list_prices(self, *, history: bool = False) -> list[PricePeriod]:
+        return prices.list_periods(self._read(), history=history)
+
+    # --- billing ----------------------------------------------------------------------------
+
+    def billing_status(self, filters: Filters | None = None, by: str = "key") -> dict[str, Any]:
+        return billing.status(self._read(), filters or Filters(), by)
+
+    def billing_requests(
+        self, filters: Filters | None = None, limit: int = 100
+    ) -> list[dict[str, Any]]:
+        return billing.requests(self._read(), filters or Filters(), limit)
+
+    def request_row(self, request_id: str) -> dict[str, Any] | None:
+        rows = billing.requests(self._read(), Filters(request_id=request_id), 1)
+        return rows[0] if rows else None
+
+    # --- internals --------------------------------------------------------------------------
+
+    def _read(self) -> sqlite3.Connection:
+        return self._readers.get()
+
+    def _note_use(self, key_id: str, now: int) -> None:
+        # Coalesced: at most one queued write per key per interval, never one per request.
+        with self._touch_lock:
+            last = self._touched.get(key_id)
+            if last is not None and now - last < LAST_USED_INTERVAL_US:
+                return
+            self._touched[key_id] = now
+        self._writer.submit(lambda c: keys.touch(c, {key_id: now}))
+
+    @staticmethod
+    def _wait(future: Future[T]) -> T:
+        return future.result()
+
+
+__all__ = ["Bill", "Meter", "MeterUnavailable", "RequestStart", "Usage"]

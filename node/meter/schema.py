@@ -1,0 +1,88 @@
+"""The meter's tables: ordered, named, idempotent migrations (sqlite-utils `Migrations`).
+
+Add a new function at the end to change the schema; never edit one that has shipped.
+Times are integer microseconds since the epoch (UTC); money is integers of fixed minor units
+(see `money.py`).
+"""
+
+from __future__ import annotations
+
+from sqlite_utils import Database
+from sqlite_utils.migrations import Migrations
+
+migrations = Migrations("llm-node-meter")
+
+
+@migrations()
+def m001_api_keys(db: Database) -> None:
+    db.execute(
+        """
+        CREATE TABLE api_keys (
+            id TEXT PRIMARY KEY,
+            secret_sha256 TEXT NOT NULL UNIQUE,   -- hex SHA-256 of the secret; never the secret
+            level TEXT NOT NULL CHECK (level IN ('LLM', 'ADMIN')),
+            comment TEXT,
+            org TEXT,
+            created INTEGER NOT NULL,
+            expires INTEGER,
+            last_used INTEGER
+        ) STRICT
+        """
+    )
+
+
+@migrations()
+def m002_prices(db: Database) -> None:
+    # One row per validity period; the open period has valid_until NULL.
+    db.execute(
+        """
+        CREATE TABLE prices (
+            id INTEGER PRIMARY KEY,
+            model TEXT NOT NULL,
+            gpu_type TEXT NOT NULL COLLATE NOCASE,
+            prompt_micro INTEGER NOT NULL CHECK (prompt_micro >= 0),
+            completion_micro INTEGER NOT NULL CHECK (completion_micro >= 0),
+            currency TEXT NOT NULL,
+            valid_from INTEGER NOT NULL,
+            valid_until INTEGER
+        ) STRICT
+        """
+    )
+    db.execute(
+        "CREATE UNIQUE INDEX prices_open ON prices (model, gpu_type) WHERE valid_until IS NULL"
+    )
+    db.execute("CREATE INDEX prices_history ON prices (model, gpu_type, valid_from)")
+
+
+@migrations()
+def m003_requests(db: Database) -> None:
+    db.execute(
+        """
+        CREATE TABLE requests (
+            id TEXT PRIMARY KEY,
+            key_id TEXT NOT NULL,
+            org TEXT,
+            endpoint TEXT NOT NULL,
+            model TEXT NOT NULL,
+            quant_type TEXT NOT NULL,
+            gpu_type TEXT NOT NULL,
+            gpu_name TEXT NOT NULL,
+            prompt_tokens INTEGER NOT NULL DEFAULT 0,
+            cached_tokens INTEGER NOT NULL DEFAULT 0,
+            completion_tokens INTEGER NOT NULL DEFAULT 0,
+            started INTEGER NOT NULL,
+            checkpointed INTEGER,                 -- time of the last checkpoint
+            finished INTEGER,
+            prompt_price_micro INTEGER,           -- NULL: no price applied (cost 0)
+            completion_price_micro INTEGER,
+            currency TEXT,
+            cost_units INTEGER NOT NULL DEFAULT 0, -- 10^-12 currency
+            user TEXT,
+            status TEXT NOT NULL CHECK (
+                status IN ('running', 'ok', 'cancelled', 'error', 'interrupted'))
+        ) STRICT
+        """
+    )
+    db.execute("CREATE INDEX requests_started ON requests (started)")
+    db.execute("CREATE INDEX requests_key ON requests (key_id, started)")
+    db.execute("CREATE INDEX requests_running ON requests (status) WHERE status = 'running'")

@@ -1,0 +1,151 @@
+"""Request rows: open at admission, checkpoint while generating, finish, recover after a crash.
+
+Every function runs inside the writer's transaction. Counts passed in are running totals (not
+increments), so repeating a call never double-counts; a finished row is never changed again.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass
+from decimal import Decimal
+
+from node.meter import prices
+from node.meter.money import cost_from_units
+
+FINAL_STATUSES = ("ok", "cancelled", "error")
+STATUSES = ("running", *FINAL_STATUSES, "interrupted")
+
+
+class UnknownRequest(LookupError):
+    """No meter row has this request id."""
+
+
+@dataclass(frozen=True)
+class Usage:
+    prompt_tokens: int = 0
+    cached_tokens: int = 0
+    completion_tokens: int = 0
+
+
+@dataclass(frozen=True)
+class RequestStart:
+    id: str
+    key_id: str
+    org: str | None
+    endpoint: str
+    model: str
+    quant_type: str
+    gpu_type: str
+    gpu_name: str
+    user: str | None
+
+
+@dataclass(frozen=True)
+class Bill:
+    cost: Decimal  # exact, not rounded
+    currency: str | None
+    priced: bool  # False: no price applied, cost 0
+
+
+def open_request(
+    conn: sqlite3.Connection, start: RequestStart, *, now_us: int
+) -> prices.Price | None:
+    """Insert the row (status running) with the prices in force now; idempotent by id."""
+    if not start.id:
+        raise ValueError("request id is empty")
+    existing = conn.execute(
+        "SELECT model, gpu_type, prompt_price_micro, completion_price_micro, currency"
+        " FROM requests WHERE id = ?",
+        (start.id,),
+    ).fetchone()
+    if existing is not None:
+        model, gpu_type, prompt_micro, completion_micro, currency = existing
+        if prompt_micro is None:
+            return None
+        return prices.to_price(
+            model, gpu_type, prices.PriceMicro(prompt_micro, completion_micro, currency)
+        )
+    price = prices.current_micro(conn, start.model, start.gpu_type)
+    conn.execute(
+        "INSERT INTO requests (id, key_id, org, endpoint, model, quant_type, gpu_type, gpu_name,"
+        " started, prompt_price_micro, completion_price_micro, currency, user, status)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'running')",
+        (
+            start.id,
+            start.key_id,
+            start.org,
+            start.endpoint,
+            start.model,
+            start.quant_type,
+            start.gpu_type,
+            start.gpu_name,
+            now_us,
+            None if price is None else price.prompt,
+            None if price is None else price.completion,
+            None if price is None else price.currency,
+            start.user,
+        ),
+    )
+    return None if price is None else prices.to_price(start.model, start.gpu_type, price)
+
+
+def checkpoint(conn: sqlite3.Connection, request_id: str, usage: Usage, *, now_us: int) -> None:
+    """Record the counts so far; a no-op once the row is finished."""
+    _check_counts(usage)
+    cursor = conn.execute(
+        "UPDATE requests SET prompt_tokens = ?, cached_tokens = ?, completion_tokens = ?,"
+        f" cost_units = {_COST_SQL}, checkpointed = ? WHERE id = ? AND status = 'running'",
+        (*_counts(usage), usage.prompt_tokens, usage.completion_tokens, now_us, request_id),
+    )
+    if cursor.rowcount == 0:
+        _require_row(conn, request_id)
+
+
+def finish(
+    conn: sqlite3.Connection, request_id: str, usage: Usage, status: str, *, now_us: int
+) -> Bill:
+    """Final counts and status; a second finish returns the first one's bill unchanged."""
+    if status not in FINAL_STATUSES:
+        raise ValueError(f"status {status!r} is not one of {', '.join(FINAL_STATUSES)}")
+    _check_counts(usage)
+    conn.execute(
+        "UPDATE requests SET prompt_tokens = ?, cached_tokens = ?, completion_tokens = ?,"
+        f" cost_units = {_COST_SQL}, finished = ?, status = ? WHERE id = ? AND status = 'running'",
+        (*_counts(usage), usage.prompt_tokens, usage.completion_tokens, now_us, status, request_id),
+    )
+    row = conn.execute(
+        "SELECT cost_units, currency, prompt_price_micro IS NOT NULL FROM requests WHERE id = ?",
+        (request_id,),
+    ).fetchone()
+    if row is None:
+        raise UnknownRequest(f"no meter row for request {request_id!r}")
+    units, currency, priced = row
+    return Bill(cost=cost_from_units(units), currency=currency, priced=bool(priced))
+
+
+def recover(conn: sqlite3.Connection) -> int:
+    """Rows still running (their process died) become interrupted at their last checkpoint."""
+    return conn.execute(
+        "UPDATE requests SET status = 'interrupted', finished = coalesce(checkpointed, started)"
+        " WHERE status = 'running'"
+    ).rowcount
+
+
+# Exact integer cost of the row's own prices (NULL prices: unpriced, cost 0).
+_COST_SQL = "coalesce(? * prompt_price_micro + ? * completion_price_micro, 0)"
+
+
+def _counts(usage: Usage) -> tuple[int, int, int]:
+    return usage.prompt_tokens, usage.cached_tokens, usage.completion_tokens
+
+
+def _check_counts(usage: Usage) -> None:
+    for name, value in zip(("prompt", "cached", "completion"), _counts(usage), strict=True):
+        if not isinstance(value, int) or value < 0:
+            raise ValueError(f"{name} token count {value!r} is not a non-negative integer")
+
+
+def _require_row(conn: sqlite3.Connection, request_id: str) -> None:
+    if conn.execute("SELECT 1 FROM requests WHERE id = ?", (request_id,)).fetchone() is None:
+        raise UnknownRequest(f"no meter row for request {request_id!r}")
