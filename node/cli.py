@@ -43,3 +43,7 @@ cli.add_command(models.models)
 
 def main() -> None:
     cli()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,8 +1,102 @@
-"""`llm-node prices` (placeholder until the meter issue lands)."""
+"""`llm-node prices`: set (from now on) and list per-token prices per model and GPU type."""
+
+from __future__ import annotations
 
 import click
+
+from node.commands.meter_access import open_meter
+from node.commands.options import db_option, echo_json, echo_table, json_option
+from node.meter import MoneyError
+from node.meter.money import exact_text, parse_currency, parse_price
 
 
 @click.group()
 def prices() -> None:
     """Set and list per-token prices per model and GPU type."""
+
+
+@prices.command("set")
+@click.argument("model")
+@click.argument("gpu_type")
+@click.option("--prompt", required=True, help="Price per 1M prompt tokens (up to 6 decimals).")
+@click.option(
+    "--completion", required=True, help="Price per 1M completion tokens (up to 6 decimals)."
+)
+@click.option("--currency", default="PLN", show_default=True, help="ISO 4217 code.")
+@db_option
+@json_option
+def set_price(
+    model: str,
+    gpu_type: str,
+    prompt: str,
+    completion: str,
+    currency: str,
+    db_path: str,
+    as_json: bool,
+) -> None:
+    """Price MODEL on GPU_TYPE for requests admitted from now on (past ones keep theirs)."""
+    # Validate everything before the database is touched: bad input writes nothing.
+    for name, value in (("MODEL", model), ("GPU_TYPE", gpu_type)):
+        if not value.strip() or value != value.strip():
+            raise click.BadParameter(
+                f"{value!r} is empty or has surrounding spaces", param_hint=name
+            )
+    for hint, value in (("--prompt", prompt), ("--completion", completion)):
+        try:
+            parse_price(value, what="price")
+        except MoneyError as exc:
+            raise click.BadParameter(str(exc), param_hint=hint) from None
+    try:
+        code = parse_currency(currency)
+    except MoneyError as exc:
+        raise click.BadParameter(str(exc), param_hint="--currency") from None
+    with open_meter(db_path) as meter:
+        price = meter.set_price(model, gpu_type, prompt, completion, code)
+    if as_json:
+        echo_json(
+            {
+                "model": price.model,
+                "gpu_type": price.gpu_type,
+                "prompt_per_1m": exact_text(price.prompt_per_1m),
+                "completion_per_1m": exact_text(price.completion_per_1m),
+                "currency": price.currency,
+            }
+        )
+        return
+    click.echo(
+        f"{price.model} on {price.gpu_type}: {exact_text(price.prompt_per_1m)} {price.currency}"
+        f" per 1M prompt tokens, {exact_text(price.completion_per_1m)} {price.currency}"
+        " per 1M completion tokens, for requests from now on"
+    )
+
+
+@prices.command("list")
+@click.option("--history", is_flag=True, help="Include past prices with their validity.")
+@db_option
+@json_option
+def list_prices(history: bool, db_path: str, as_json: bool) -> None:
+    """Prices in force (per 1M tokens); with --history also the past ones."""
+    with open_meter(db_path) as meter:
+        periods = meter.list_prices(history=history)
+    rows = [period.to_json() for period in periods]
+    if as_json:
+        echo_json(rows)
+        return
+    headers = ["model", "gpu type", "prompt / 1M", "completion / 1M", "currency", "since"]
+    if history:
+        headers.append("until")
+    echo_table(
+        headers,
+        [
+            [
+                r["model"],
+                r["gpu_type"],
+                r["prompt_per_1m"],
+                r["completion_per_1m"],
+                r["currency"],
+                r["valid_from"],
+            ]
+            + ([r["valid_until"]] if history else [])
+            for r in rows
+        ],
+    )
