@@ -14,7 +14,7 @@ PRICE_DECIMALS = 6
 PRICE_SCALE = 10**PRICE_DECIMALS  # micro-units per currency unit, for prices per 1M tokens
 COST_DECIMALS = 12
 COST_SCALE = 10**COST_DECIMALS  # cost units per currency unit
-MAX_PRICE = Decimal(1_000_000)  # per 1M tokens; keeps every per-row cost inside SQLite's int64
+MAX_PRICE = Decimal(100_000)  # per 1M tokens: a row stays inside int64 up to 92M tokens
 DISPLAY_DECIMALS = 6
 
 _CURRENCY = re.compile(r"^[A-Z]{3}$")
