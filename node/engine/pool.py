@@ -1,0 +1,81 @@
+"""Every model the node serves, loaded from its `ModelSpec`, found by id or alias."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+
+from node.config import ModelSpec
+from node.engine.embeddings import EmbeddingModel
+from node.engine.interface import EmbeddingEngine, GenerationEngine, ModelInfo
+from node.engine.model import LoadedModel
+from node.engine.scheduler import Scheduler
+
+log = logging.getLogger(__name__)
+
+Engine = GenerationEngine | EmbeddingEngine
+
+
+class ModelPool:
+    """Loads models (blocking: call it in a thread), then hands out their engines."""
+
+    def __init__(self) -> None:
+        self._engines: list[Scheduler | EmbeddingModel] = []
+        self._by_name: dict[str, Scheduler | EmbeddingModel] = {}
+        self._lock = threading.Lock()
+        self._ready = False
+
+    @property
+    def ready(self) -> bool:
+        """True once every model given to `load` is loaded."""
+        return self._ready
+
+    def load(
+        self,
+        specs: list[ModelSpec],
+        on_progress: Callable[[str, float], None] | None = None,
+    ) -> None:
+        """Load each spec in order; a failure raises `ModelLoadError` and leaves `ready` False."""
+        self._ready = False
+        for spec in specs:
+            progress = None
+            if on_progress is not None:
+
+                def progress(percent: float, _name: str = spec.id) -> None:
+                    on_progress(_name, percent)
+
+            model = LoadedModel(spec, progress)
+            try:
+                engine = EmbeddingModel(model) if spec.embeddings else Scheduler(model)
+            except BaseException:
+                model.close()
+                raise
+            with self._lock:
+                self._engines.append(engine)
+                for name in spec.names:
+                    self._by_name[name] = engine
+            log.info(
+                "model %s loaded: %s, %s, n_ctx %d, parallel %d",
+                spec.id,
+                engine.info.quant_type,
+                "embeddings" if spec.embeddings else "generation",
+                engine.info.n_ctx,
+                engine.info.parallel,
+            )
+        self._ready = True
+
+    def get(self, name: str) -> Engine | None:
+        with self._lock:
+            return self._by_name.get(name)
+
+    def infos(self) -> list[ModelInfo]:
+        with self._lock:
+            return [engine.info for engine in self._engines]
+
+    def close(self) -> None:
+        self._ready = False
+        with self._lock:
+            engines, self._engines, self._by_name = self._engines, [], {}
+        for engine in engines:
+            engine.close()

@@ -1,0 +1,327 @@
+"""Continuous batching: one thread per model owns the llama context and its `parallel` slots.
+
+Each step admits waiting requests into free slots, puts one token of every generating sequence
+and prompt chunks of new ones into ONE batch, calls `llama_decode` once, samples every sequence
+with its own sampler chain and hands the text back to the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections import deque
+from collections.abc import Mapping, Sequence
+
+import llama_cpp
+
+from node.engine.batch import TokenBatch
+from node.engine.generation import Request, deliver
+from node.engine.interface import (
+    ContextOverflow,
+    EngineBusy,
+    Finished,
+    FinishReason,
+    GenerationEvent,
+    ModelInfo,
+    SamplingParams,
+    TextDelta,
+)
+from node.engine.model import LoadedModel
+from node.engine.sampling import SequenceSampler
+from node.engine.text import TextStream
+
+log = logging.getLogger(__name__)
+
+Events = list[tuple[Request, GenerationEvent]]
+
+
+class _Slot:
+    """One sequence id of the context and the tokens whose KV it currently holds."""
+
+    def __init__(self, seq_id: int) -> None:
+        self.seq_id = seq_id
+        self.cache: list[int] = []  # tokens at positions 0.. in this sequence's KV
+        self.request: Request | None = None
+        self.pending: list[int] = []  # prompt tokens still to decode
+        self.next_token = -1  # sampled, to be decoded in the next step
+        self.stream = TextStream()
+        self.last_used = 0
+
+
+def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+class Scheduler:
+    """Implements `interface.GenerationEngine` for one loaded model."""
+
+    def __init__(self, model: LoadedModel, *, max_queue: int | None = None) -> None:
+        spec = model.spec
+        self.model = model
+        self.parallel = spec.parallel
+        self.n_ctx_per_seq = spec.n_ctx // spec.parallel
+        self.n_batch = max(spec.n_batch, spec.parallel)  # room for one token per sequence
+        self.max_queue = max_queue if max_queue is not None else 4 * spec.parallel
+        self._ctx = model.new_context(
+            model.context_params(
+                n_ctx=self.n_ctx_per_seq * self.parallel,
+                n_seq_max=self.parallel,
+                n_batch=self.n_batch,
+            )
+        )
+        self._memory = llama_cpp.llama_get_memory(self._ctx)
+        self._batch = TokenBatch(self.n_batch)
+        self._slots = [_Slot(i) for i in range(self.parallel)]
+        self._waiting: deque[Request] = deque()
+        self._cond = threading.Condition()
+        self._stopping = False
+        self._step_no = 0
+        self.info = ModelInfo(
+            id=spec.id,
+            aliases=spec.alias,
+            path=model.path,
+            embeddings=False,
+            n_ctx=self.n_ctx_per_seq * self.parallel,
+            n_ctx_per_seq=self.n_ctx_per_seq,
+            parallel=self.parallel,
+            quant_type=model.quant_type,
+            n_params=model.n_params,
+            size_bytes=model.size_bytes,
+            n_embd=model.n_embd,
+        )
+        self._thread = threading.Thread(target=self._run, name=f"engine-{spec.id}", daemon=True)
+        self._thread.start()
+
+    # -- caller side (event loop) ---------------------------------------------------------------
+
+    def render_chat(self, messages: Sequence[Mapping[str, str]]) -> str:
+        return self.model.render_chat(messages)
+
+    def tokenize(self, text: str) -> list[int]:
+        return self.model.tokenize(text)
+
+    def check_fits(self, n_prompt_tokens: int, max_tokens: int | None) -> None:
+        if n_prompt_tokens + (max_tokens or 0) > self.n_ctx_per_seq:
+            raise ContextOverflow(n_prompt_tokens, self.n_ctx_per_seq)
+
+    def submit(self, prompt_tokens: list[int], params: SamplingParams) -> Request:
+        if not prompt_tokens:
+            raise ValueError("the prompt is empty")
+        self.check_fits(len(prompt_tokens), params.max_tokens)
+        loop = asyncio.get_running_loop()
+        with self._cond:
+            if self._stopping:
+                raise RuntimeError(f"model {self.info.id} is shut down")
+            if len(self._waiting) >= self.max_queue:
+                raise EngineBusy()
+        sampler = SequenceSampler(self.model, params)  # raises ValueError on a bad grammar
+        request = Request(list(prompt_tokens), params, sampler, loop)
+        with self._cond:
+            if len(self._waiting) >= self.max_queue:
+                sampler.close()
+                raise EngineBusy()
+            self._waiting.append(request)
+            self._cond.notify()
+        return request
+
+    def slot_tokens(self) -> list[int]:
+        """KV tokens held per slot (a snapshot, for metrics and tests)."""
+        return [len(slot.cache) for slot in self._slots]
+
+    def busy_slots(self) -> int:
+        return sum(slot.request is not None for slot in self._slots)
+
+    def queued(self) -> int:
+        return len(self._waiting)
+
+    def close(self) -> None:
+        with self._cond:
+            if self._stopping:
+                return
+            self._stopping = True
+            self._cond.notify()
+        self._thread.join()
+        llama_cpp.llama_free(self._ctx)
+        self._ctx = None
+        self.model.close()
+
+    # -- scheduler thread -----------------------------------------------------------------------
+
+    def _active(self) -> bool:
+        return any(slot.request is not None for slot in self._slots)
+
+    def _run(self) -> None:
+        while True:
+            events: Events = []
+            with self._cond:
+                while not self._stopping and not self._waiting and not self._active():
+                    self._cond.wait()
+                if self._stopping:
+                    break
+                admitted = self._take_waiting(events)
+            try:
+                self._step(admitted, events)
+            except Exception as exc:  # a bug must fail requests, not kill the thread
+                log.exception("engine step failed for model %s", self.info.id)
+                for slot in self._slots:
+                    if slot.request is not None:
+                        self._finish(slot, "error", events, drop_kv=True, error=str(exc))
+            deliver(events)
+        self._shutdown()
+
+    def _take_waiting(self, events: Events) -> list[Request]:
+        """Drop cancelled waiters; pop as many as there are free slots. Holds the lock."""
+        if any(r.cancelled for r in self._waiting):
+            for r in [r for r in self._waiting if r.cancelled]:
+                self._waiting.remove(r)
+                r.sampler.close()
+                events.append((r, Finished("cancelled", r.counts)))
+        free = sum(slot.request is None for slot in self._slots)
+        return [self._waiting.popleft() for _ in range(min(free, len(self._waiting)))]
+
+    def _step(self, admitted: list[Request], events: Events) -> None:
+        self._step_no += 1
+        for slot in self._slots:
+            if slot.request is not None and slot.request.cancelled:
+                self._finish(slot, "cancelled", events, drop_kv=True)
+        for request in admitted:
+            self._admit(request)
+
+        batch = self._batch
+        batch.clear()
+        outputs: list[tuple[_Slot, int]] = []
+        prefilling: list[_Slot] = []
+        generating: list[_Slot] = []
+        for slot in self._slots:
+            if slot.request is None:
+                continue
+            if slot.pending:
+                prefilling.append(slot)
+            else:
+                index = batch.add(slot.next_token, len(slot.cache), slot.seq_id, True)
+                outputs.append((slot, index))
+                generating.append(slot)
+        decoded: list[tuple[_Slot, list[int]]] = []
+        for slot in prefilling:  # fill the rest of the batch with prompt chunks, oldest first
+            room = batch.capacity - batch.n
+            if room <= 0:
+                break
+            chunk = slot.pending[:room]
+            done = len(chunk) == len(slot.pending)
+            index = batch.add_run(chunk, len(slot.cache), slot.seq_id, done)
+            decoded.append((slot, chunk))
+            if done:
+                outputs.append((slot, index))
+        if batch.n == 0:
+            return
+
+        rc = batch.decode(self._ctx)
+        if rc != 0:
+            reason = f"llama_decode failed with status {rc}"
+            log.error("model %s: %s", self.info.id, reason)
+            for slot in {id(s): s for s, _ in outputs + decoded}.values():
+                self._finish(slot, "error", events, drop_kv=True, error=reason)
+            return
+
+        for slot in generating:
+            slot.cache.append(slot.next_token)
+        for slot, chunk in decoded:
+            slot.cache.extend(chunk)
+            del slot.pending[: len(chunk)]
+        for slot, index in outputs:
+            request = slot.request
+            assert request is not None
+            token = request.sampler.sample(self._ctx, index)
+            self._on_token(slot, token, events)
+
+    def _admit(self, request: Request) -> None:
+        """Put a request into the free slot whose KV shares the longest prefix with it."""
+        best: _Slot | None = None
+        best_key = (-1, 0)
+        for slot in self._slots:
+            if slot.request is not None:
+                continue
+            key = (_common_prefix(slot.cache, request.prompt), -slot.last_used)
+            if key > best_key:
+                best, best_key = slot, key
+        assert best is not None, "admitted without a free slot"
+        slot = best
+        keep = min(best_key[0], len(request.prompt) - 1)  # decode at least one prompt token
+        if keep < len(slot.cache):
+            if not llama_cpp.llama_memory_seq_rm(self._memory, slot.seq_id, keep, -1):
+                llama_cpp.llama_memory_seq_rm(self._memory, slot.seq_id, -1, -1)
+                keep = 0
+            del slot.cache[keep:]
+        request.live_counts.cached_tokens = keep
+        slot.request = request
+        slot.pending = request.prompt[keep:]
+        slot.next_token = -1
+        slot.stream = TextStream(request.params.stop)
+        slot.last_used = self._step_no
+
+    def _on_token(self, slot: _Slot, token: int, events: Events) -> None:
+        request = slot.request
+        assert request is not None
+        if self.model.is_eog(token):
+            self._finish(slot, "stop", events)
+            return
+        counts = request.live_counts
+        counts.completion_tokens += 1
+        text = slot.stream.feed(self.model.piece(token))
+        if text:
+            events.append((request, TextDelta(text)))
+        if slot.stream.stopped:
+            self._finish(slot, "stop", events)
+        elif self._out_of_room(request, len(slot.cache)):
+            self._finish(slot, "length", events)
+        else:
+            slot.next_token = token
+
+    def _out_of_room(self, request: Request, n_cached: int) -> bool:
+        """max_tokens reached, or no room left in the sequence's context to decode the token."""
+        limit = request.params.max_tokens
+        return (
+            limit is not None and request.live_counts.completion_tokens >= limit
+        ) or n_cached >= self.n_ctx_per_seq
+
+    def _finish(
+        self,
+        slot: _Slot,
+        reason: FinishReason,
+        events: Events,
+        *,
+        drop_kv: bool = False,
+        error: str | None = None,
+    ) -> None:
+        request = slot.request
+        assert request is not None
+        if reason in ("stop", "length"):
+            tail = slot.stream.flush()
+            if tail:
+                events.append((request, TextDelta(tail)))
+        events.append((request, Finished(reason, request.counts, error=error)))
+        request.sampler.close()
+        slot.request = None
+        slot.pending = []
+        slot.next_token = -1
+        if drop_kv:
+            llama_cpp.llama_memory_seq_rm(self._memory, slot.seq_id, -1, -1)
+            slot.cache = []
+
+    def _shutdown(self) -> None:
+        events: Events = []
+        for slot in self._slots:
+            if slot.request is not None:
+                self._finish(slot, "error", events, drop_kv=True, error="the model was unloaded")
+        with self._cond:
+            while self._waiting:
+                request = self._waiting.popleft()
+                request.sampler.close()
+                gone = Finished("error", request.counts, "the model was unloaded")
+                events.append((request, gone))
+        deliver(events)
