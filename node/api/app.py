@@ -1,0 +1,82 @@
+"""The app factory: routes, error handlers, lifespan (meter recovery, background model load)."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+
+from pydantic import ValidationError
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.routing import Route
+from starlette.types import ASGIApp
+
+from node.api import chat, completions, embeddings, health, metrics, models, openapi
+from node.api.context import RequestContext
+from node.api.errors import ApiError, handle_api_error, handle_http_exception
+from node.api.metrics import NodeMetrics
+from node.engine.interface import ContextOverflow, EngineBusy
+from node.service import (
+    AuthenticationFailed,
+    MeterUnavailable,
+    ModelNotFound,
+    NodeService,
+    NotReady,
+)
+
+DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
+
+ROUTES = [
+    Route("/v1/chat/completions", chat.chat_completions, methods=["POST"]),
+    Route("/v1/completions", completions.completions, methods=["POST"]),
+    Route("/v1/embeddings", embeddings.embeddings, methods=["POST"]),
+    Route("/v1/models", models.list_models, methods=["GET"]),
+    Route("/v1/models/{model_id:path}", models.get_model, methods=["GET"]),
+    Route("/health", health.health, methods=["GET"]),
+    Route("/metrics", metrics.metrics, methods=["GET"]),
+    Route("/openapi.json", openapi.openapi, methods=["GET"]),
+]
+
+# Client-caused errors are answered by Starlette's exception middleware; everything else is a bug
+# (`Exception` → Starlette's server-error middleware: logged, OpenAI-shaped 500).
+_CLIENT_ERRORS = (
+    ApiError,
+    ValidationError,
+    AuthenticationFailed,
+    ModelNotFound,
+    ContextOverflow,
+    EngineBusy,
+    NotReady,
+    MeterUnavailable,
+)
+
+
+def create_app(
+    service: NodeService,
+    node_metrics: NodeMetrics,
+    *,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+) -> ASGIApp:
+    """`service.observer` should be `node_metrics` so `/metrics` sees every request."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: Starlette) -> AsyncIterator[None]:
+        await service.start()
+        try:
+            yield
+        finally:
+            await service.close()
+
+    handlers = {exc: handle_api_error for exc in _CLIENT_ERRORS}
+    app = Starlette(
+        routes=ROUTES,
+        exception_handlers={
+            **handlers,
+            HTTPException: handle_http_exception,
+            Exception: handle_api_error,
+        },
+        lifespan=lifespan,
+    )
+    app.state.service = service
+    app.state.metrics = node_metrics
+    return RequestContext(app, max_body_bytes=max_body_bytes)

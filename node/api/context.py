@@ -1,0 +1,133 @@
+"""The outermost ASGI layer: request id, body size limit, last-resort error answer.
+
+It wraps the whole Starlette app (outside Starlette's own error middleware) so that even a 500
+for a real bug carries `x-request-id` and the OpenAI error shape.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+
+from starlette.datastructures import MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from node.api.errors import ApiError
+
+log = logging.getLogger("node.api")
+
+
+def new_request_id() -> str:
+    return uuid.uuid4().hex
+
+
+def request_id_of(scope: Scope) -> str:
+    return scope["state"]["request_id"]
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+class RequestContext:
+    def __init__(self, app: ASGIApp, *, max_body_bytes: int) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = new_request_id()
+        scope.setdefault("state", {})
+        scope["state"] = {**scope["state"], "request_id": request_id}
+        started = False
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+                MutableHeaders(scope=message)["x-request-id"] = request_id
+            await send(message)
+
+        try:
+            body = await self._read_body(scope, receive)
+        except ApiError as error:
+            await self._answer(send_with_id, error)
+            return
+
+        replayed = False
+
+        async def replay(  # the body once, then the server's messages (disconnect)
+        ) -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        try:
+            await self.app(scope, replay, send_with_id)
+        except Exception as exc:
+            # Starlette's error middleware has already answered and re-raises for the log.
+            if not started:
+                log.error("unhandled error", exc_info=exc)
+                await self._answer(
+                    send_with_id, ApiError(500, "Internal server error.", type="server_error")
+                )
+            else:
+                log.error("unhandled error (request %s)", request_id, exc_info=exc)
+
+    async def _read_body(self, scope: Scope, receive: Receive) -> bytes:
+        """The whole body, refused as soon as it is known to exceed the limit."""
+        headers = dict(scope["headers"])
+        length = headers.get(b"content-length")
+        if length is not None:
+            if not length.isdigit():
+                raise ApiError(400, "Invalid Content-Length header.", code="invalid_header")
+            if int(length) > self.max_body_bytes:
+                await self._discard_body(receive)
+                raise self._too_large()
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                break
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_body_bytes:  # chunked bodies carry no length: count
+                if message.get("more_body", False):
+                    await self._discard_body(receive)
+                raise self._too_large()
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        return b"".join(chunks)
+
+    async def _discard_body(self, receive: Receive) -> None:
+        """Read (a bounded amount of) the rest, so the client sees our answer, not a reset."""
+        budget = 4 * self.max_body_bytes + (64 << 20)
+        while budget > 0:
+            message = await receive()
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                return
+            budget -= len(message.get("body", b""))
+
+    def _too_large(self) -> ApiError:
+        mib = self.max_body_bytes / (1024 * 1024)
+        return ApiError(
+            413, f"The request body exceeds the limit of {mib:g} MiB.", code="request_too_large"
+        )
+
+    @staticmethod
+    async def _answer(send: Send, error: ApiError) -> None:
+        body = json.dumps(error.body()).encode()
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+        ]
+        headers += [(k.lower().encode(), v.encode()) for k, v in error.headers.items()]
+        await send({"type": "http.response.start", "status": error.status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})

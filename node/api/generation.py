@@ -1,0 +1,166 @@
+"""Serving for chat and completions: run a metered generation, as SSE or as one JSON body.
+
+Everything a client can get wrong is checked by the caller before `respond()`; from here on the
+only failures are the engine's or the meter's. A stream's status is 200 from its first byte, so
+failures after it become an `error` event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import anyio
+from sse_starlette import EventSourceResponse
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from node.api.errors import ApiError, context_overflow, invalid, to_api_error
+from node.engine.interface import ContextOverflow, Finished, SamplingParams, TextDelta, TokenCounts
+from node.meter import Bill
+from node.service import Admission, MeteredGeneration, MeterUnavailable, NodeService
+
+PING_S = 15
+
+
+def usage_body(counts: TokenCounts, bill: Bill | None) -> dict[str, Any]:
+    """OpenAI's usage object; `cost` (exact decimal string) and `currency` when priced."""
+    usage: dict[str, Any] = {
+        "prompt_tokens": counts.prompt_tokens,
+        "completion_tokens": counts.completion_tokens,
+        "total_tokens": counts.prompt_tokens + counts.completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": counts.cached_tokens},
+    }
+    if bill is not None and bill.priced:
+        usage["cost"] = format(bill.cost, "f")
+        usage["currency"] = bill.currency
+    return usage
+
+
+class ResponseShape(Protocol):
+    """How one endpoint words its chunks and its full response."""
+
+    def start_chunk(self) -> dict[str, Any] | None: ...
+
+    def delta_chunk(self, text: str) -> dict[str, Any]: ...
+
+    def finish_chunk(self, reason: str) -> dict[str, Any]: ...
+
+    def usage_chunk(self, usage: dict[str, Any]) -> dict[str, Any]: ...
+
+    def full(self, text: str, reason: str, usage: dict[str, Any]) -> dict[str, Any]: ...
+
+
+@dataclass(frozen=True)
+class GenerationJob:
+    """A validated request, ready to run."""
+
+    admission: Admission
+    prompt_tokens: list[int]
+    params: SamplingParams
+    stream: bool
+    include_usage: bool
+    shape: ResponseShape
+    prompt_param: str  # what a context overflow blames: "messages" or "prompt"
+
+
+def _event(data: dict[str, Any]) -> str:
+    return json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+
+
+def _client_reason(finished: Finished) -> str:
+    return finished.reason if finished.reason in ("stop", "length") else "stop"
+
+
+async def respond(
+    request: Request, service: NodeService, engine: Any, job: GenerationJob
+) -> Response:
+    if not job.prompt_tokens:
+        raise invalid("The prompt is empty.", job.prompt_param)
+    try:
+        generation = await service.generate(job.admission, engine, job.prompt_tokens, job.params)
+    except ContextOverflow as exc:
+        raise context_overflow(exc, job.prompt_param) from None
+    if job.stream:
+        return EventSourceResponse(_stream(generation, job), ping=PING_S, sep="\n")
+    return await _collect(request, generation, job)
+
+
+async def _stream(generation: MeteredGeneration, job: GenerationJob):  # type: ignore[no-untyped-def]
+    shape = job.shape
+    try:
+        start = shape.start_chunk()
+        if start is not None:
+            yield _event(start)
+        async for event in generation.events():
+            if isinstance(event, TextDelta):
+                if event.text:
+                    yield _event(shape.delta_chunk(event.text))
+                continue
+            if event.reason == "error":
+                yield _event(_engine_failure(event).body())
+                return
+            yield _event(shape.finish_chunk(_client_reason(event)))
+            if job.include_usage:
+                yield _event(shape.usage_chunk(usage_body(event.counts, generation.bill)))
+        yield "[DONE]"
+    except MeterUnavailable as exc:
+        yield _event(to_api_error(exc).body())
+    finally:
+        # The client may be gone (CancelledError): still meter what was generated.
+        with anyio.CancelScope(shield=True):
+            await generation.aclose()
+
+
+def _engine_failure(finished: Finished) -> ApiError:
+    return ApiError(
+        500,
+        f"The model failed while generating: {finished.error or 'unknown error'}",
+        type="server_error",
+        code="engine_error",
+    )
+
+
+async def _wait_disconnect(request: Request) -> None:
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _collect(request: Request, generation: MeteredGeneration, job: GenerationJob) -> Response:
+    """The whole completion as one body; a client that leaves early cancels it."""
+
+    async def consume() -> tuple[str, Finished]:
+        parts: list[str] = []
+        async for event in generation.events():
+            if isinstance(event, TextDelta):
+                parts.append(event.text)
+            else:
+                return "".join(parts), event
+        raise RuntimeError("generation ended without Finished")
+
+    consumer = asyncio.ensure_future(consume())
+    watcher = asyncio.ensure_future(_wait_disconnect(request))
+    try:
+        await asyncio.wait({consumer, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+        if not consumer.done():
+            consumer.cancel()
+            with contextlib.suppress(BaseException):
+                await consumer
+            await generation.aclose()
+    if consumer.cancelled():
+        return Response(status_code=499)  # nobody is listening any more
+    text, finished = consumer.result()
+    if finished.reason == "error":
+        raise _engine_failure(finished)
+    usage = usage_body(finished.counts, generation.bill)
+    return JSONResponse(job.shape.full(text, _client_reason(finished), usage))
+
+
+def created_now() -> int:
+    return int(time.time())

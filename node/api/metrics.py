@@ -1,0 +1,153 @@
+"""`GET /metrics`: Prometheus text with llama-server's `llamacpp:*` names, so its dashboards
+work, plus per-model / per-key token counters and latency histograms.
+
+Each app has its own `CollectorRegistry` (several apps may live in one test process).
+Approximations, documented: `llamacpp:n_decode_total` counts completion tokens (one decode step
+per token of a sequence; the engine shares steps between sequences but does not expose them),
+`llamacpp:requests_deferred` counts admitted requests that have not produced a token yet
+(queued or in prompt processing), and prompt time is the time to the first token.
+"""
+
+from __future__ import annotations
+
+import threading
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import generate_latest
+from starlette.requests import Request
+from starlette.responses import Response
+
+from node.engine.interface import TokenCounts
+
+_LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+
+
+class NodeMetrics:
+    """Implements `node.service.UsageObserver`."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.prompt_tokens = Counter(
+            "llamacpp:prompt_tokens", "Number of prompt tokens processed.", registry=r
+        )
+        self.prompt_seconds = Counter("llamacpp:prompt_seconds", "Prompt process time.", registry=r)
+        self.tokens_predicted = Counter(
+            "llamacpp:tokens_predicted", "Number of generation tokens processed.", registry=r
+        )
+        self.predicted_seconds = Counter(
+            "llamacpp:tokens_predicted_seconds", "Predict process time.", registry=r
+        )
+        self.n_decode = Counter(
+            "llamacpp:n_decode", "Decode steps (approximated by completion tokens).", registry=r
+        )
+        self.prompt_tps = Gauge(
+            "llamacpp:prompt_tokens_seconds", "Average prompt throughput in tokens/s.", registry=r
+        )
+        self.predicted_tps = Gauge(
+            "llamacpp:predicted_tokens_seconds",
+            "Average generation throughput in tokens/s.",
+            registry=r,
+        )
+        self.processing = Gauge(
+            "llamacpp:requests_processing", "Number of requests processing.", registry=r
+        )
+        self.deferred = Gauge(
+            "llamacpp:requests_deferred", "Requests waiting for their first token.", registry=r
+        )
+        labels = ["model", "key_id"]
+        self.key_prompt = Counter(
+            "llm_node_prompt_tokens", "Prompt tokens by model and API key id.", labels, registry=r
+        )
+        self.key_cached = Counter(
+            "llm_node_cached_tokens",
+            "Cached prompt tokens by model and key id.",
+            labels,
+            registry=r,
+        )
+        self.key_completion = Counter(
+            "llm_node_completion_tokens",
+            "Completion tokens by model and API key id.",
+            labels,
+            registry=r,
+        )
+        self.requests = Counter(
+            "llm_node_requests",
+            "Finished requests by model, endpoint and meter status.",
+            ["model", "endpoint", "status"],
+            registry=r,
+        )
+        self.ttft = Histogram(
+            "llm_node_time_to_first_token_seconds",
+            "Time from admission to the first completion text.",
+            ["model"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.latency = Histogram(
+            "llm_node_request_duration_seconds",
+            "Time from admission to the last token (or embedding).",
+            ["model", "endpoint"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self._lock = threading.Lock()
+        # running sums for the throughput gauges: tokens and seconds of prompt / generation
+        self._prompt = [0, 0.0]
+        self._predicted = [0, 0.0]
+
+    # UsageObserver ---------------------------------------------------------------------------
+
+    def started(self, model: str) -> None:
+        self.processing.inc()
+        self.deferred.inc()
+
+    def first_token(self, model: str, seconds: float) -> None:
+        self.deferred.dec()
+        self.ttft.labels(model).observe(seconds)
+
+    def finished(
+        self,
+        *,
+        model: str,
+        key_id: str,
+        endpoint: str,
+        status: str,
+        counts: TokenCounts,
+        seconds: float,
+        prefill_seconds: float | None,
+    ) -> None:
+        if endpoint == "embeddings" or prefill_seconds is None:
+            self.deferred.dec()  # never produced text
+        self.processing.dec()
+        self.prompt_tokens.inc(counts.prompt_tokens)
+        self.tokens_predicted.inc(counts.completion_tokens)
+        self.n_decode.inc(counts.completion_tokens)
+        prefill = prefill_seconds if prefill_seconds is not None else seconds
+        decode = max(seconds - prefill, 0.0) if counts.completion_tokens else 0.0
+        self.prompt_seconds.inc(prefill)
+        self.predicted_seconds.inc(decode)
+        self.key_prompt.labels(model, key_id).inc(counts.prompt_tokens)
+        self.key_cached.labels(model, key_id).inc(counts.cached_tokens)
+        self.key_completion.labels(model, key_id).inc(counts.completion_tokens)
+        self.requests.labels(model, endpoint, status).inc()
+        self.latency.labels(model, endpoint).observe(seconds)
+        with self._lock:
+            self._prompt[0] += counts.prompt_tokens - counts.cached_tokens
+            self._prompt[1] += prefill
+            self._predicted[0] += counts.completion_tokens
+            self._predicted[1] += decode
+            if self._prompt[1] > 0:
+                self.prompt_tps.set(self._prompt[0] / self._prompt[1])
+            if self._predicted[1] > 0:
+                self.predicted_tps.set(self._predicted[0] / self._predicted[1])
+
+    # route -----------------------------------------------------------------------------------
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+async def metrics(request: Request) -> Response:
+    node_metrics: NodeMetrics = request.app.state.metrics
+    return Response(node_metrics.render(), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,128 @@
+"""`GET /openapi.json`: the routes, their request bodies (from the pydantic models) and errors."""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Any
+
+from pydantic.json_schema import models_json_schema
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from node import __version__
+from node.api.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
+
+_REF = "#/components/schemas/{model}"
+_ERROR = {
+    "type": "object",
+    "required": ["error"],
+    "properties": {
+        "error": {
+            "type": "object",
+            "required": ["message", "type", "param", "code"],
+            "properties": {
+                "message": {"type": "string"},
+                "type": {"type": "string"},
+                "param": {"type": ["string", "null"]},
+                "code": {"type": ["string", "null"]},
+                "n_prompt_tokens": {"type": "integer"},
+                "n_ctx": {"type": "integer"},
+            },
+        }
+    },
+}
+_ERRORS = {
+    "400": "Invalid request (names the `param`), or `context_length_exceeded`",
+    "401": "Missing, unknown, deleted or expired API key",
+    "404": "`model_not_found`",
+    "413": "Request body over the limit",
+    "429": "The model's queue is full; see `Retry-After`",
+    "503": "Models loading, or the meter cannot record",
+}
+_USAGE_NOTE = (
+    " Non-streaming responses carry `usage` with `prompt_tokens`, `completion_tokens`, "
+    "`total_tokens`, `prompt_tokens_details.cached_tokens`, and `cost` (exact decimal string) and "
+    "`currency` when the model has a price on this node's GPU type."
+)
+
+
+def _operation(summary: str, body: str | None, ok: str, *, auth: bool = True) -> dict[str, Any]:
+    op: dict[str, Any] = {"summary": summary, "responses": {"200": {"description": ok}}}
+    if body is not None:
+        op["requestBody"] = {
+            "required": True,
+            "content": {"application/json": {"schema": {"$ref": _REF.format(model=body)}}},
+        }
+    if auth:
+        op["security"] = [{"bearer": []}]
+        for status, text in _ERRORS.items():
+            op["responses"][status] = {
+                "description": text,
+                "content": {"application/json": {"schema": {"$ref": _REF.format(model="Error")}}},
+            }
+    return op
+
+
+@cache
+def openapi_document() -> dict[str, Any]:
+    models = [
+        (m, "validation") for m in (ChatCompletionRequest, CompletionRequest, EmbeddingRequest)
+    ]
+    _, defs = models_json_schema(models, ref_template=_REF)
+    schemas = {**defs.get("$defs", {}), "Error": _ERROR}
+    stream = " With `stream`, Server-Sent Events ending in `data: [DONE]`."
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "llm-node", "version": __version__},
+        "components": {
+            "schemas": schemas,
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        },
+        "paths": {
+            "/v1/chat/completions": {
+                "post": _operation(
+                    "Chat completion",
+                    "ChatCompletionRequest",
+                    "A `chat.completion` object." + _USAGE_NOTE + stream,
+                )
+            },
+            "/v1/completions": {
+                "post": _operation(
+                    "Text completion",
+                    "CompletionRequest",
+                    "A `text_completion` object." + _USAGE_NOTE + stream,
+                )
+            },
+            "/v1/embeddings": {
+                "post": _operation("Embeddings", "EmbeddingRequest", "A list of embeddings.")
+            },
+            "/v1/models": {"get": _operation("List models", None, "A list of model objects.")},
+            "/v1/models/{model_id}": {
+                "get": {
+                    **_operation("One model", None, "A model object."),
+                    "parameters": [
+                        {
+                            "name": "model_id",
+                            "in": "path",
+                            "required": True,
+                            "schema": {"type": "string"},
+                        }
+                    ],
+                }
+            },
+            "/health": {
+                "get": {
+                    **_operation("Readiness", None, '{"status": "ok"}', auth=False),
+                    "responses": {
+                        "200": {"description": '{"status": "ok"}'},
+                        "503": {"description": '{"status": "loading"}'},
+                    },
+                }
+            },
+            "/metrics": {"get": _operation("Prometheus metrics", None, "text/plain", auth=False)},
+        },
+    }
+
+
+async def openapi(_request: Request) -> Response:
+    return JSONResponse(openapi_document())

@@ -1,0 +1,187 @@
+"""A small fake engine implementing `node.engine.interface`, for fast API-shape tests.
+
+It stands beside (never instead of) the end-to-end tests on the real model. Tokens are
+whitespace-separated words; the reply to any prompt is `w0 w1 w2 ...`, one word per token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from node.config import ModelSpec
+from node.engine.interface import (
+    ContextOverflow,
+    Embeddings,
+    EngineBusy,
+    Finished,
+    GenerationEvent,
+    ModelInfo,
+    SamplingParams,
+    TextDelta,
+    TokenCounts,
+)
+
+
+def fake_info(name: str, *, embeddings: bool = False, n_ctx: int = 64) -> ModelInfo:
+    return ModelInfo(
+        id=name,
+        aliases=(f"{name}-alias",),
+        path=Path(__file__),
+        embeddings=embeddings,
+        n_ctx=n_ctx * 2,
+        n_ctx_per_seq=n_ctx,
+        parallel=2,
+        quant_type="Q4_1",
+        n_params=1000,
+        size_bytes=2000,
+        n_embd=4,
+    )
+
+
+class FakeGeneration:
+    def __init__(self, engine: FakeEngine, n_prompt: int, params: SamplingParams) -> None:
+        self._engine = engine
+        self._params = params
+        self._counts = TokenCounts(prompt_tokens=n_prompt)
+        self._cancelled = False
+        self.submitted = params
+
+    @property
+    def counts(self) -> TokenCounts:
+        return self._counts
+
+    def cancel(self) -> None:
+        self._cancelled = True
+
+    async def __aiter__(self) -> AsyncIterator[GenerationEvent]:
+        engine = self._engine
+        limit = self._params.max_tokens or engine.default_tokens
+        try:
+            for i in range(limit):
+                await asyncio.sleep(engine.step_s)
+                if self._cancelled:
+                    yield Finished("cancelled", self._counts.copy())
+                    return
+                if engine.fail_after is not None and i >= engine.fail_after:
+                    yield Finished("error", self._counts.copy(), "fake failure")
+                    return
+                word = f"w{i}"
+                self._counts.completion_tokens += 1
+                if word in self._params.stop:
+                    yield Finished("stop", self._counts.copy())
+                    return
+                yield TextDelta(word if i == 0 else f" {word}")
+            reason = "length" if self._params.max_tokens else "stop"
+            yield Finished(reason, self._counts.copy())
+        finally:
+            engine.active -= 1
+
+
+class FakeEngine:
+    """Implements `GenerationEngine`."""
+
+    def __init__(self, name: str = "fake", *, n_ctx: int = 64, max_active: int = 4) -> None:
+        self.info = fake_info(name, n_ctx=n_ctx)
+        self.max_active = max_active
+        self.active = 0
+        self.step_s = 0.002
+        self.default_tokens = 8
+        self.fail_after: int | None = None
+        self.submitted: list[SamplingParams] = []
+        self.generations: list[FakeGeneration] = []
+
+    def render_chat(self, messages: Sequence[Mapping[str, str]]) -> str:
+        if any(m["role"] == "tool" for m in messages):
+            raise ValueError("this template has no tool role")
+        return " ".join(f"<{m['role']}> {m['content']}" for m in messages) + " <assistant>"
+
+    def tokenize(self, text: str) -> list[int]:
+        return [len(word) for word in text.split()]
+
+    def check_fits(self, n_prompt_tokens: int, max_tokens: int | None) -> None:
+        if n_prompt_tokens + (max_tokens or 1) > self.info.n_ctx_per_seq:
+            raise ContextOverflow(n_prompt_tokens, self.info.n_ctx_per_seq)
+
+    def submit(self, prompt_tokens: list[int], params: SamplingParams) -> FakeGeneration:
+        if self.active >= self.max_active:
+            raise EngineBusy(retry_after=2)
+        self.active += 1
+        self.submitted.append(params)
+        generation = FakeGeneration(self, len(prompt_tokens), params)
+        self.generations.append(generation)
+        return generation
+
+    def close(self) -> None:
+        pass
+
+
+class FakeEmbedder:
+    """Implements `EmbeddingEngine`: vector = (len, words, 1, 0), normalised."""
+
+    def __init__(self, name: str = "fake-embed") -> None:
+        self.info = fake_info(name, embeddings=True, n_ctx=32)
+
+    def tokenize(self, text: str) -> list[int]:
+        return [len(word) for word in text.split()]
+
+    async def embed(self, texts: Sequence[str]) -> Embeddings:
+        vectors = []
+        for text in texts:
+            raw = [float(len(text)), float(len(text.split())), 1.0, 0.0]
+            norm = sum(v * v for v in raw) ** 0.5
+            vectors.append([v / norm for v in raw])
+        return Embeddings(vectors, sum(len(self.tokenize(t)) for t in texts))
+
+    def close(self) -> None:
+        pass
+
+
+@dataclass
+class FakeGpu:
+    name: str = "Fake GPU"
+    type: str = "fakegpu"
+    memory_bytes: int = 0
+    driver: str = "none"
+
+
+class FakePool:
+    """Implements the service's `ModelPool`; `load` waits until `release()` if `hold` is set."""
+
+    def __init__(self, *engines: FakeEngine | FakeEmbedder, hold: bool = False) -> None:
+        self.engines = list(engines)
+        self._ready = False
+        self._released = threading.Event()
+        if not hold:
+            self._released.set()
+
+    @property
+    def ready(self) -> bool:
+        return self._ready
+
+    def release(self) -> None:
+        self._released.set()
+
+    def load(
+        self, specs: list[ModelSpec], on_progress: Callable[[str, float], None] | None = None
+    ) -> None:
+        self._released.wait(30)
+        for engine in self.engines:
+            if on_progress:
+                on_progress(engine.info.id, 1.0)
+        self._ready = True
+
+    def get(self, name: str) -> FakeEngine | FakeEmbedder | None:
+        for engine in self.engines:
+            if name == engine.info.id or name in engine.info.aliases:
+                return engine
+        return None
+
+    def infos(self) -> list[ModelInfo]:
+        return [e.info for e in self.engines]
+
+    def close(self) -> None:
+        pass
