@@ -20,9 +20,10 @@ ARG CMAKE_ARGS="-DGGML_CUDA=on -DCMAKE_CUDA_ARCHITECTURES=80;86;89;90 -DGGML_NAT
 ENV CMAKE_ARGS="${CMAKE_ARGS}"
 
 FROM ubuntu:${UBUNTU_VERSION} AS build-cpu
-# The portable AVX2/AVX-512 backend of scripts/setup.sh, without AMX (a native build segfaults on
-# AMX CPUs). For CPUs without AVX-512, pass CMAKE_ARGS without the AVX512 flags.
-ARG CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON -DGGML_AVX512=ON -DGGML_AVX512_VNNI=ON -DGGML_AVX512_BF16=ON -DGGML_AVX_VNNI=ON"
+# The portable AVX2/AVX-512 backend of scripts/setup.sh: no AMX (a native build segfaults on AMX
+# CPUs), no AVX-VNNI (SIGILL on AMD Zen 4). For CPUs without AVX-512, pass CMAKE_ARGS without the
+# AVX512 flags.
+ARG CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON -DGGML_AVX512=ON -DGGML_AVX512_VNNI=ON -DGGML_AVX512_BF16=ON"
 ENV CMAKE_ARGS="${CMAKE_ARGS}"
 
 # A stage of this file picked by BACKEND, not an image to tag.

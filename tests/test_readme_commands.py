@@ -1,0 +1,120 @@
+"""The README's commands and settings are the CLI's: every documented line parses, nothing runs."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+
+import click
+import pytest
+from cli_args import all_commands, envvars, fenced_blocks, invocations, options, parse
+
+from node.cli import cli
+from node.config import ModelSpec
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+TEXT = README.read_text(encoding="utf-8")
+INVOCATIONS = invocations(TEXT, "README.md")
+# Commands the operator path must show, each at least once (SPEC §6).
+REQUIRED = [
+    ("serve",),
+    ("api-keys", "create"),
+    ("api-keys", "list"),
+    ("api-keys", "delete"),
+    ("prices", "set"),
+    ("prices", "list"),
+    ("billing", "status"),
+    ("billing", "requests"),
+    ("models", "list"),
+]
+
+
+def settings_rows() -> list[str]:
+    """The first-column cells of the table under `## Settings`."""
+    section = re.search(r"^## Settings\n(.*?)(?=^## |\Z)", TEXT, re.MULTILINE | re.DOTALL)
+    assert section, "README has no '## Settings' section"
+    rows = [line for line in section.group(1).splitlines() if line.startswith("|")]
+    return [row.split("|")[1] for row in rows[2:]]  # skip the header and the --- line
+
+
+def named(cell: str, pattern: str) -> set[str]:
+    return set(re.findall(pattern, cell))
+
+
+FLAG = r"`(--[a-z0-9][a-z0-9-]*)"
+ENVVAR = r"`(LLM_NODE_[A-Z0-9_]+)`"
+
+
+def test_readme_shows_the_operator_commands() -> None:
+    shown = {inv.args[: len(req)] for inv in INVOCATIONS for req in REQUIRED}
+    missing = [" ".join(req) for req in REQUIRED if req not in shown]
+    assert not missing, f"README never shows: {missing}"
+    assert len(INVOCATIONS) >= 25
+
+
+@pytest.mark.parametrize("invocation", INVOCATIONS, ids=str)
+def test_readme_command_parses(invocation) -> None:  # type: ignore[no-untyped-def]
+    error = None
+    try:
+        parse(invocation.args)
+    except click.ClickException as exc:
+        error = exc.format_message()
+    if error is not None:
+        pytest.fail(f"{invocation}\n  -> {error}", pytrace=False)
+
+
+def test_parser_refuses_what_the_cli_refuses() -> None:
+    """The check above could fail: unknown options, commands and missing arguments are caught."""
+    for bad in (
+        ["api-keys", "create", "--level", "LLM", "--no-such-option"],
+        ["api-keys", "create"],
+        ["api-keys", "delete"],
+        ["prices", "set", "smollm2-135m", "A100", "--prompt", "1"],
+        ["billing", "frobnicate"],
+        ["billing"],
+        ["serve", "--port", "not-a-number"],
+    ):
+        with pytest.raises(click.UsageError):
+            parse(bad)
+
+
+def test_settings_table_names_real_flags_and_variables() -> None:
+    rows = settings_rows()
+    assert rows, "the settings table is empty"
+    every_option = [opt for command in all_commands() for opt in options(command)]
+    for cell in rows:
+        flags, variables = named(cell, FLAG), named(cell, ENVVAR)
+        assert flags, f"settings row names no flag: {cell.strip()}"
+        for flag in flags:
+            carrying = [opt for opt in every_option if flag in opt.opts + opt.secondary_opts]
+            assert carrying, f"README settings: no command has the flag {flag}"
+            for variable in variables:
+                assert any(variable in envvars(opt) for opt in carrying), (
+                    f"README settings: {flag} does not read {variable}"
+                )
+
+
+def test_every_environment_variable_and_serve_flag_is_documented() -> None:
+    rows = settings_rows()
+    documented_vars = set().union(*(named(cell, ENVVAR) for cell in rows))
+    documented_flags = set().union(*(named(cell, FLAG) for cell in rows))
+    used_vars = {v for command in all_commands() for opt in options(command) for v in envvars(opt)}
+    assert used_vars <= documented_vars, f"undocumented variables: {used_vars - documented_vars}"
+    serve = cli.commands["serve"]
+    serve_flags = {flag for opt in options(serve) for flag in opt.opts if flag.startswith("--")}
+    assert serve_flags <= documented_flags, (
+        f"undocumented serve flags: {serve_flags - documented_flags}"
+    )
+
+
+def test_registry_examples_are_valid_model_tables() -> None:
+    tables = 0
+    for line, info, body in fenced_blocks(TEXT):
+        if info != "toml":
+            continue
+        for table in tomllib.loads(body).get("model", []):
+            ModelSpec.model_validate(table)  # raises, naming the field, if the docs are wrong
+            tables += 1
+        assert line > 0
+    assert tables >= 2
