@@ -43,6 +43,7 @@ __all__ = [
     "ModelNotFound",
     "NodeService",
     "NotReady",
+    "RejectedByModel",
 ]
 
 log = logging.getLogger("node.service")
@@ -63,6 +64,11 @@ class ModelNotFound(LookupError):
 
 class NotReady(RuntimeError):
     """Models are still loading (or failed to load)."""
+
+
+class RejectedByModel(ValueError):
+    """The engine refused the request's parameters (e.g. a logit_bias token not in the
+    vocabulary, a grammar it cannot parse). The client's fault: HTTP 400."""
 
 
 class ModelPool(Protocol):
@@ -157,11 +163,11 @@ class NodeService:
     async def _load(self) -> None:
         last: dict[str, int] = {}
 
-        def progress(model: str, fraction: float) -> None:
-            percent = int(fraction * 100)
-            if last.get(model) != percent and (percent % 10 == 0 or percent == 100):
-                last[model] = percent
-                log.info("loading %s: %d%%", model, percent)
+        def progress(model: str, percent: float) -> None:  # the pool reports 0..100
+            whole = int(percent)
+            if last.get(model) != whole:
+                last[model] = whole
+                log.info("loading %s: %d%%", model, whole)
 
         try:
             await asyncio.to_thread(self.pool.load, self.specs, progress)
@@ -266,18 +272,10 @@ class NodeService:
         try:
             generation = engine.submit(prompt_tokens, params)
         except BaseException as exc:
-            counts = TokenCounts(prompt_tokens=0)
-            await self._finish_quietly(admission.request_id, counts, "error")
-            if isinstance(exc, Exception):
-                self.observer.finished(
-                    model=engine.info.id,
-                    key_id=admission.key.id,
-                    endpoint=admission.endpoint,
-                    status="error",
-                    counts=counts,
-                    seconds=0.0,
-                    prefill_seconds=None,
-                )
+            # Admitted but never run: the row says so, with zero tokens.
+            await self._finish_quietly(admission.request_id, TokenCounts(), "error")
+            if isinstance(exc, ValueError) and not isinstance(exc, ContextOverflow):
+                raise RejectedByModel(str(exc)) from exc
             raise
         return MeteredGeneration(self, admission, engine.info.id, generation, price)
 
@@ -287,7 +285,10 @@ class NodeService:
         """Embeddings are metered like generation: prompt tokens only."""
         limit = engine.info.n_ctx_per_seq
         for text in texts:
-            n = len(engine.tokenize(text))
+            try:
+                n = len(engine.tokenize(text))
+            except ValueError as exc:
+                raise RejectedByModel(str(exc)) from exc
             if n > limit:
                 raise ContextOverflow(n, limit)
         await self._open(admission, engine.info)

@@ -171,7 +171,7 @@ class FakePool:
         self._released.wait(30)
         for engine in self.engines:
             if on_progress:
-                on_progress(engine.info.id, 1.0)
+                on_progress(engine.info.id, 100.0)
         self._ready = True
 
     def get(self, name: str) -> FakeEngine | FakeEmbedder | None:

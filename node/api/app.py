@@ -22,6 +22,7 @@ from node.service import (
     ModelNotFound,
     NodeService,
     NotReady,
+    RejectedByModel,
 )
 
 DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
@@ -48,6 +49,7 @@ _CLIENT_ERRORS = (
     EngineBusy,
     NotReady,
     MeterUnavailable,
+    RejectedByModel,
 )
 
 

@@ -9,7 +9,7 @@ from starlette.responses import Response
 
 from node.api.context import request_id_of
 from node.api.errors import invalid
-from node.api.generation import GenerationJob, created_now, respond
+from node.api.generation import GenerationJob, created_now, respond, tokenize
 from node.api.grammars import grammar_for
 from node.api.protocol import ChatCompletionRequest
 from node.api.routing import authenticate, read_body
@@ -77,7 +77,7 @@ async def chat_completions(request: Request) -> Response:
     request_id = request_id_of(request.scope)
     job = GenerationJob(
         admission=Admission(request_id, key, "chat.completions", body.user),
-        prompt_tokens=engine.tokenize(prompt),
+        prompt_tokens=tokenize(engine, prompt, "messages"),
         params=body.to_sampling_params(grammar),
         stream=bool(body.stream),
         include_usage=body.include_usage,

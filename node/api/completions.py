@@ -8,7 +8,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from node.api.context import request_id_of
-from node.api.generation import GenerationJob, created_now, respond
+from node.api.generation import GenerationJob, created_now, respond, tokenize
 from node.api.protocol import CompletionRequest
 from node.api.routing import authenticate, read_body
 from node.service import Admission
@@ -56,7 +56,7 @@ async def completions(request: Request) -> Response:
     request_id = request_id_of(request.scope)
     job = GenerationJob(
         admission=Admission(request_id, key, "completions", body.user),
-        prompt_tokens=engine.tokenize(body.prompt_text()),
+        prompt_tokens=tokenize(engine, body.prompt_text(), "prompt"),
         params=body.to_sampling_params(),
         stream=bool(body.stream),
         include_usage=body.include_usage,

@@ -20,6 +20,7 @@ from node.service import (
     MeterUnavailable,
     ModelNotFound,
     NotReady,
+    RejectedByModel,
 )
 
 log = logging.getLogger("node.api")
@@ -122,6 +123,8 @@ def _from_domain(exc: Exception) -> ApiError | None:
             code="queue_full",
             headers={"Retry-After": str(retry)},
         )
+    if isinstance(exc, RejectedByModel):
+        return ApiError(400, f"The model cannot run this request: {exc}", code="invalid_value")
     if isinstance(exc, NotReady):
         return ApiError(503, str(exc), type="server_error", code="model_loading")
     if isinstance(exc, MeterUnavailable):

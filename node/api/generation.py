@@ -68,6 +68,13 @@ class GenerationJob:
     prompt_param: str  # what a context overflow blames: "messages" or "prompt"
 
 
+def tokenize(engine: Any, text: str, param: str) -> list[int]:
+    try:
+        return engine.tokenize(text)
+    except ValueError as exc:
+        raise invalid(f"The {param} cannot be tokenized: {exc}", param) from None
+
+
 def _event(data: dict[str, Any]) -> str:
     return json.dumps(data, separators=(",", ":"), ensure_ascii=False)
 

@@ -1,9 +1,81 @@
-"""`llm-node serve` (placeholder until the HTTP issue lands)."""
+"""`llm-node serve`: the OpenAI-compatible HTTP API under uvicorn."""
+
+from __future__ import annotations
+
+import logging
 
 import click
 
+from node.commands.options import db_option
+from node.config import RegistryError, resolve_models
+
+MIB = 1024 * 1024
+
 
 @click.command()
-def serve() -> None:
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option(
+    "--port", default=8000, show_default=True, type=click.IntRange(1, 65535), help="Port."
+)
+@click.option(
+    "--models",
+    "models_path",
+    envvar="LLM_NODE_MODELS",
+    type=click.Path(dir_okay=False),
+    help="Model registry (default: models/models.toml if present, else the embedded model).",
+)
+@db_option
+@click.option(
+    "--gpu-type",
+    envvar="LLM_NODE_GPU_TYPE",
+    help="GPU type for prices and meter rows (default: detected through NVML, cpu without).",
+)
+@click.option(
+    "--max-body-mb",
+    default=16.0,
+    show_default=True,
+    type=click.FloatRange(min=0, min_open=True, max=1024),
+    help="Largest request body in MiB; larger ones get 413.",
+)
+def serve(
+    host: str,
+    port: int,
+    models_path: str | None,
+    db_path: str,
+    gpu_type: str | None,
+    max_body_mb: float,
+) -> None:
     """Serve the models over the OpenAI-compatible HTTP API."""
-    raise click.ClickException("serve is not implemented yet")
+    try:
+        specs = resolve_models(models_path)
+    except RegistryError as exc:
+        raise click.UsageError(str(exc)) from None
+    if gpu_type is not None and not gpu_type.strip():
+        raise click.BadParameter("must not be empty", param_hint="--gpu-type")
+
+    # Heavy imports only once the arguments are known good.
+    import uvicorn
+
+    from node.api.app import create_app
+    from node.api.metrics import NodeMetrics
+    from node.engine.pool import ModelPool
+    from node.gpu import detect_gpu
+    from node.meter import Meter, MeterUnavailable
+    from node.service import NodeService
+
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    gpu = detect_gpu(gpu_type)
+    logging.getLogger("node").info("GPU: %s (type %s)", gpu.name, gpu.type)
+    try:
+        meter = Meter(db_path)
+    except MeterUnavailable as exc:
+        raise click.ClickException(str(exc)) from None
+    try:
+        metrics = NodeMetrics()
+        service = NodeService(specs, ModelPool(), meter, gpu, metrics)
+        app = create_app(service, metrics, max_body_bytes=int(max_body_mb * MIB))
+        uvicorn.run(app, host=host, port=port, log_level="info", lifespan="on", access_log=False)
+    finally:
+        meter.close()
