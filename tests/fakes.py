@@ -66,6 +66,8 @@ class FakeGeneration:
                 if self._cancelled:
                     yield Finished("cancelled", self._counts.copy())
                     return
+                if engine.raise_after is not None and i >= engine.raise_after:
+                    raise RuntimeError("fake engine bug")
                 if engine.fail_after is not None and i >= engine.fail_after:
                     yield Finished("error", self._counts.copy(), "fake failure")
                     return
@@ -90,7 +92,8 @@ class FakeEngine:
         self.active = 0
         self.step_s = 0.002
         self.default_tokens = 8
-        self.fail_after: int | None = None
+        self.fail_after: int | None = None  # then Finished("error")
+        self.raise_after: int | None = None  # then the iterator raises (a bug)
         self.submitted: list[SamplingParams] = []
         self.generations: list[FakeGeneration] = []
 

@@ -479,6 +479,26 @@ def test_engine_failure_is_500_without_a_trace_and_metered_as_error(node: Node) 
     assert json.loads(events[-1][6:])["error"]["code"] == "engine_error"
 
 
+def test_engine_bug_is_a_logged_500_and_the_row_is_finished_as_error(node: Node) -> None:
+    node.engine.raise_after = 3
+    try:
+        resp = node.post("/v1/chat/completions", CHAT)
+        with httpx.stream(
+            "POST", f"{node.url}/v1/chat/completions", json={**CHAT, "stream": True},
+            headers={"Authorization": f"Bearer {node.secret}"},
+        ) as stream:  # fmt: skip
+            stream_id = stream.headers["x-request-id"]
+            events = [line for line in stream.iter_lines() if line.startswith("data: ")]
+    finally:
+        node.engine.raise_after = None
+    _assert_error(resp, 500, "server_error", None)
+    assert "fake engine bug" not in resp.text  # no internals leak to clients
+    for request_id in (resp.headers["x-request-id"], stream_id):
+        row = _wait_final(node, request_id)
+        assert (row["status"], row["completion_tokens"]) == ("error", 3)
+    assert json.loads(events[-1][6:])["error"]["type"] == "server_error"
+
+
 # --- disconnects ----------------------------------------------------------------------------
 
 

@@ -70,14 +70,12 @@ class RequestContext:
         try:
             await self.app(scope, replay, send_with_id)
         except Exception as exc:
-            # Starlette's error middleware has already answered and re-raises for the log.
+            # Starlette's error middleware has answered (and logged) it already and re-raises
+            # for the server's log; we are the server's log.
             if not started:
                 log.error("unhandled error", exc_info=exc)
-                await self._answer(
-                    send_with_id, ApiError(500, "Internal server error.", type="server_error")
-                )
-            else:
-                log.error("unhandled error (request %s)", request_id, exc_info=exc)
+                error = ApiError(500, "Internal server error.", type="server_error")
+                await self._answer(send_with_id, error)
 
     async def _read_body(self, scope: Scope, receive: Receive) -> bytes:
         """The whole body, refused as soon as it is known to exceed the limit."""

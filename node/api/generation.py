@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import time
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -25,6 +26,7 @@ from node.meter import Bill
 from node.service import Admission, MeteredGeneration, MeterUnavailable, NodeService
 
 PING_S = 15
+log = logging.getLogger("node.api")
 
 
 def usage_body(counts: TokenCounts, bill: Bill | None) -> dict[str, Any]:
@@ -117,6 +119,11 @@ async def _stream(generation: MeteredGeneration, job: GenerationJob):  # type: i
         yield "[DONE]"
     except MeterUnavailable as exc:
         yield _event(to_api_error(exc).body())
+    except Exception as exc:  # an engine bug: the status is already 200, so say it in-band
+        log.error("generation %s failed", generation.request_id, exc_info=exc)
+        await generation.aclose(status="error")
+        yield _event(ApiError(500, "The server had an error while generating.",
+                              type="server_error", code="engine_error").body())  # fmt: skip
     finally:
         # The client may be gone (CancelledError): still meter what was generated.
         with anyio.CancelScope(shield=True):
@@ -160,6 +167,8 @@ async def _collect(request: Request, generation: MeteredGeneration, job: Generat
             with contextlib.suppress(BaseException):
                 await consumer
             await generation.aclose()
+        elif not consumer.cancelled() and consumer.exception() is not None:
+            await generation.aclose(status="error")  # no-op once the engine said Finished
     if consumer.cancelled():
         return Response(status_code=499)  # nobody is listening any more
     text, finished = consumer.result()
