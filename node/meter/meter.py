@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 
 from node.meter import billing, keys, prices, usage
 from node.meter.billing import Filters
+from node.meter.checkpointer import Checkpointer
 from node.meter.db import MeterUnavailable, Readers, connect, migrate
 from node.meter.keys import ApiKey
 from node.meter.money import parse_currency, parse_price
@@ -38,15 +39,17 @@ class Meter:
         path: str | os.PathLike[str],
         *,
         busy_timeout_s: float = 5.0,
-        synchronous: str = "FULL",
+        synchronous: str = "NORMAL",
         max_size_bytes: int | None = None,
+        max_batch: int = 256,
         clock: Callable[[], int] = now_us,
     ) -> None:
         """Open (creating and migrating if needed) and start the writer thread.
 
         `synchronous`: SQLite's setting for the writer (FULL: a commit survives power loss;
         NORMAL: survives a crash of the process). `max_size_bytes` caps the file (a full disk
-        behaves the same way). `clock` returns microseconds since the epoch (tests pin it).
+        behaves the same way). `max_batch`: most writes committed together (1: no group commit).
+        `clock` returns microseconds since the epoch (tests pin it).
         """
         if synchronous.upper() not in ("NORMAL", "FULL", "EXTRA"):
             raise ValueError(f"synchronous {synchronous!r} must be NORMAL, FULL or EXTRA")
@@ -55,13 +58,15 @@ class Meter:
         conn = connect(path, busy_timeout_s, synchronous=synchronous.upper())
         try:
             migrate(conn)
+            conn.execute("PRAGMA wal_autocheckpoint = 0")  # the checkpointer thread does it
             if max_size_bytes is not None:
                 page_size = conn.execute("PRAGMA page_size").fetchone()[0]
                 conn.execute(f"PRAGMA max_page_count = {max(1, max_size_bytes // page_size)}")
         except BaseException:
             conn.close()
             raise
-        self._writer = Writer(conn)
+        self._writer = Writer(conn, max_batch=max_batch)
+        self._checkpointer = Checkpointer(path, busy_timeout_s)
         self._readers = Readers(path, busy_timeout_s)
         self._touched: dict[str, int] = {}
         self._touch_lock = threading.Lock()
@@ -69,6 +74,7 @@ class Meter:
     def close(self) -> None:
         self._writer.close()
         self._readers.close()
+        self._checkpointer.close()
 
     def __enter__(self) -> Meter:
         return self
