@@ -33,6 +33,22 @@ def test_locked_beyond_the_busy_timeout(tmp_path: Path) -> None:
         assert meter.request_row("r2")["status"] == "running"
 
 
+def test_queued_writes_fail_together_not_one_timeout_each(tmp_path: Path) -> None:
+    db = tmp_path / "m.db"
+    with Meter(db, busy_timeout_s=0.3) as meter:
+        blocker = sqlite3.connect(db, isolation_level=None)
+        blocker.execute("BEGIN IMMEDIATE")
+        began = time.monotonic()
+        futures = [meter.open_request(start(f"r{i}")) for i in range(30)]
+        failures = [f.exception(timeout=30) for f in futures]
+        elapsed = time.monotonic() - began
+        blocker.execute("ROLLBACK")
+        blocker.close()
+        assert all(isinstance(e, MeterUnavailable) for e in failures)
+        assert elapsed < 3  # a few busy timeouts, not 30 of them
+        assert meter.billing_requests() == []
+
+
 def test_full_database(tmp_path: Path) -> None:
     db = tmp_path / "m.db"
     Meter(db).close()

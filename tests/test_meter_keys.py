@@ -56,8 +56,9 @@ def _assert_absent(folder: Path, secrets: list[str]) -> None:
 def test_verify_rejects_unknown_and_malformed_secrets(tmp_path: Path) -> None:
     with Meter(tmp_path / "m.db") as meter:
         _key, secret = meter.create_key("ADMIN")
-        assert meter.verify_key(secret) == meter.list_keys()[0]
-        assert meter.verify_key(secret).level == "ADMIN"
+        verified = meter.verify_key(secret)
+        assert verified is not None
+        assert (verified.id, verified.level) == (meter.list_keys()[0].id, "ADMIN")
         assert meter.verify_key(secret[:-1]) is None
         assert meter.verify_key(secret + "x") is None
         assert meter.verify_key("") is None

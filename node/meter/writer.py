@@ -29,6 +29,10 @@ _STOP = object()
 class _Failed(Exception):
     """The database itself failed while running a batch (not a task's own logic error)."""
 
+    def __init__(self, *, at_begin: bool) -> None:
+        super().__init__()
+        self.at_begin = at_begin  # no lock / read-only: every task would fail the same way
+
 
 class Writer:
     def __init__(self, conn: sqlite3.Connection, *, max_batch: int = 256) -> None:
@@ -89,12 +93,14 @@ class Writer:
         try:
             outcomes = self._transaction(batch)
         except _Failed as exc:
-            if len(batch) > 1:
+            if len(batch) > 1 and not exc.at_begin:
                 for item in batch:  # isolate the tasks that cannot be written
                     self._run_batch([item])
                 return
-            cause = exc.__cause__
-            batch[0][1].set_exception(MeterUnavailable(f"meter database not writable: {cause}"))
+            for _, future in batch:
+                future.set_exception(
+                    MeterUnavailable(f"meter database not writable: {exc.__cause__}")
+                )
             return
         for (_, future), (ok, value) in zip(batch, outcomes, strict=True):
             if ok:
@@ -107,7 +113,7 @@ class Writer:
         try:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
-            raise _Failed from exc
+            raise _Failed(at_begin=True) from exc
         outcomes: list[tuple[bool, Any]] = []
         try:
             for task, _ in batch:
@@ -129,7 +135,7 @@ class Writer:
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
             self._rollback()
-            raise _Failed from exc
+            raise _Failed(at_begin=False) from exc
         except BaseException:
             self._rollback()
             raise
