@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
+import re
 import sqlite3
 import struct
 import time
@@ -544,6 +546,83 @@ def test_disconnect_while_waiting_for_a_whole_completion_cancels(node: Node) -> 
     assert generation.counts.completion_tokens < 30
     rows = node.meter.billing_requests(limit=5)
     assert any(r["status"] == "cancelled" for r in rows)
+
+
+def test_streams_checkpoint_the_meter_at_least_every_16_tokens(node: Node) -> None:
+    node.engine.step_s = 0.01
+    try:
+        with httpx.stream(
+            "POST", f"{node.url}/v1/completions",
+            json={"model": "fake", "prompt": "x", "stream": True, "max_tokens": 60},
+            headers={"Authorization": f"Bearer {node.secret}"},
+        ) as resp:  # fmt: skip
+            request_id = resp.headers["x-request-id"]
+            received = 0
+            checkpoints = []
+            for line in resp.iter_lines():
+                if not line.startswith("data: "):
+                    continue
+                received += 1
+                if received in (20, 40):
+                    time.sleep(0.05)  # the writer thread commits
+                    row = node.row(request_id)
+                    checkpoints.append((row["status"], row["completion_tokens"]))
+    finally:
+        node.engine.step_s = 0.002
+    assert checkpoints[0][0] == "running" and checkpoints[0][1] >= 16
+    assert checkpoints[1][0] == "running" and checkpoints[1][1] >= 32
+    assert _wait_final(node, request_id)["completion_tokens"] == 60
+
+
+def test_burst_usage_equals_meter_rows_equals_prometheus(node: Node) -> None:
+    _key, secret = node.meter.create_key("LLM", comment="burst")
+    key_id = _key.id
+
+    async def burst() -> list[tuple[str, dict]]:
+        headers = {"Authorization": f"Bearer {secret}"}
+        async with httpx.AsyncClient(base_url=node.url, headers=headers, timeout=30) as client:
+
+            async def one(i: int) -> tuple[str, dict]:
+                if i % 3 == 0:
+                    body = {**CHAT, "max_tokens": 3 + i, "stream": True,
+                            "stream_options": {"include_usage": True}}  # fmt: skip
+                    async with client.stream("POST", "/v1/chat/completions", json=body) as r:
+                        data = [ln async for ln in r.aiter_lines() if ln.startswith("data: ")]
+                        return r.headers["x-request-id"], json.loads(data[-2][6:])["usage"]
+                if i % 3 == 1:
+                    r = await client.post("/v1/completions", json={"model": "fake",
+                                          "prompt": "a " * i, "max_tokens": 2 + i})  # fmt: skip
+                else:
+                    r = await client.post("/v1/embeddings", json={"model": "fake-embed",
+                                          "input": ["x y"] * (1 + i % 4)})  # fmt: skip
+                assert r.status_code == 200, r.text
+                return r.headers["x-request-id"], r.json()["usage"]
+
+            return await asyncio.gather(*(one(i) for i in range(24)))
+
+    node.engine.max_active = 64
+    try:
+        results = asyncio.run(burst())
+    finally:
+        node.engine.max_active = 4
+    prompt = sum(u["prompt_tokens"] for _, u in results)
+    completion = sum(u.get("completion_tokens", 0) for _, u in results)
+    rows = [_wait_final(node, rid) for rid, _ in results]
+    assert {r["key_id"] for r in rows} == {key_id}
+    assert sum(r["prompt_tokens"] for r in rows) == prompt
+    assert sum(r["completion_tokens"] for r in rows) == completion
+    text = httpx.get(f"{node.url}/metrics").text
+
+    def counter(name: str, model: str) -> float:
+        found = re.search(rf'^{name}{{key_id="{key_id}",model="{model}"}} (\S+)$', text, re.M)
+        return float(found.group(1)) if found else 0.0
+
+    assert (
+        counter("llm_node_prompt_tokens_total", "fake")
+        + counter("llm_node_prompt_tokens_total", "fake-embed")
+        == prompt
+    )
+    assert counter("llm_node_completion_tokens_total", "fake") == completion
 
 
 def _wait_final(node: Node, request_id: str) -> dict:
