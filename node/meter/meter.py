@@ -9,6 +9,7 @@ expired key fails on the very next verification without any cache to invalidate.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 import threading
@@ -58,15 +59,16 @@ class Meter:
         conn = connect(path, busy_timeout_s, synchronous=synchronous.upper())
         try:
             migrate(conn)
+            _ensure_wal(conn)
             conn.execute("PRAGMA wal_autocheckpoint = 0")  # the checkpointer thread does it
             if max_size_bytes is not None:
                 page_size = conn.execute("PRAGMA page_size").fetchone()[0]
                 conn.execute(f"PRAGMA max_page_count = {max(1, max_size_bytes // page_size)}")
+            self._checkpointer = Checkpointer(path, busy_timeout_s)
         except BaseException:
             conn.close()
             raise
         self._writer = Writer(conn, max_batch=max_batch)
-        self._checkpointer = Checkpointer(path, busy_timeout_s)
         self._readers = Readers(path, busy_timeout_s)
         self._touched: dict[str, int] = {}
         self._touch_lock = threading.Lock()
@@ -212,6 +214,12 @@ class Meter:
     @staticmethod
     def _wait(future: Future[T]) -> T:
         return future.result()
+
+
+def _ensure_wal(conn: sqlite3.Connection) -> None:
+    """WAL for a database another tool created; a read-only file keeps its mode (reads work)."""
+    with contextlib.suppress(sqlite3.Error):
+        conn.execute("PRAGMA journal_mode = WAL").fetchall()
 
 
 __all__ = ["Bill", "Meter", "MeterUnavailable", "RequestStart", "Usage"]
