@@ -145,6 +145,8 @@ BAD_INPUT = [
     (["api-keys", "create", "--level", "ROOT"], "--level"),
     (["api-keys", "create", "--level", "LLM", "--expires-in", "0"], "--expires-in"),
     (["api-keys", "create", "--level", "LLM", "--expires-in", "soon"], "--expires-in"),
+    (["api-keys", "create", "--level", "LLM", "--expires-in", "nan"], "--expires-in"),
+    (["api-keys", "create", "--level", "LLM", "--expires-in", "1e300"], "--expires-in"),
     (["api-keys", "delete", "key_nope"], "key_nope"),
     (["prices", "set", "m", "cpu", "--prompt", "-1", "--completion", "1"], "negative"),
     (["prices", "set", "m", "cpu", "--prompt", "1.1234567", "--completion", "1"], "6 decimal"),
@@ -159,6 +161,7 @@ BAD_INPUT = [
     (["billing", "status", "--since", "2026-02-01", "--until", "2026-01-01"], "--since"),
     (["billing", "requests", "--status", "done"], "--status"),
     (["billing", "requests", "--limit", "0"], "--limit"),
+    (["billing", "requests", "--limit", "99999999999999999999"], "--limit"),
 ]  # fmt: skip
 
 

@@ -107,7 +107,7 @@ def _print_status(report: dict[str, Any], group: str) -> None:
 @click.option("--until", type=Moment(end_of_day=True), help=_UNTIL_HELP)
 @click.option("--key", "key_id", metavar="KEY_ID", help="Only this API key.")
 @click.option("--status", "state", type=click.Choice(STATUSES), help="Only this status.")
-@click.option("--limit", type=click.IntRange(min=1), default=100, show_default=True)
+@click.option("--limit", type=click.IntRange(min=1, max=10**9), default=100, show_default=True)
 @db_option
 @json_option
 def requests(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from node.commands.meter_access import open_meter
+from node.commands.meter_access import Days, open_meter
 from node.commands.options import db_option, echo_json, echo_table, json_option
 from node.meter.keys import LEVELS
 
@@ -23,8 +23,7 @@ def api_keys() -> None:
 @click.option(
     "--expires-in",
     "expires_in",
-    type=click.FloatRange(min=0, min_open=True),
-    metavar="DAYS",
+    type=Days(),
     help="Days until the key stops working (default: never).",
 )
 @db_option

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -9,6 +10,7 @@ from typing import Any
 import click
 
 from node.meter import Meter, MeterUnavailable
+from node.meter.keys import MAX_DAYS
 from node.meter.times import parse_moment
 
 
@@ -42,6 +44,23 @@ class Moment(click.ParamType):
             return parse_moment(str(value), end_of_day=self.end_of_day)
         except ValueError as exc:
             self.fail(str(exc), param, ctx)
+
+
+class Days(click.ParamType):
+    """A positive, finite number of days, at most MAX_DAYS."""
+
+    name = "DAYS"
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> float:
+        try:
+            days = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number of days", param, ctx)
+        if not math.isfinite(days) or not 0 < days <= MAX_DAYS:
+            self.fail(f"{value!r} must be more than 0 and at most {MAX_DAYS} days", param, ctx)
+        return days
 
 
 def check_range(since: int | None, until: int | None) -> None:

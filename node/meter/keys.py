@@ -19,6 +19,7 @@ from node.meter.times import US_PER_DAY, US_PER_SECOND, to_datetime
 SECRET_PREFIX = "llmn_"
 KEY_ID_PREFIX = "key_"
 LEVELS = ("LLM", "ADMIN")
+MAX_DAYS = 36_500  # expiry at most ~100 years ahead
 
 _COLUMNS = "id, secret_sha256, level, comment, org, created, expires, last_used"
 
@@ -65,8 +66,8 @@ def create(
     """Insert a new key; returns it with its secret (the only time the secret exists)."""
     if level not in LEVELS:
         raise ValueError(f"level {level!r} is not one of {', '.join(LEVELS)}")
-    if expires_in_days is not None and not expires_in_days > 0:
-        raise ValueError(f"expires-in {expires_in_days!r} days must be positive")
+    if expires_in_days is not None and not 0 < expires_in_days <= MAX_DAYS:  # False for NaN
+        raise ValueError(f"expires-in {expires_in_days!r} days is not in (0, {MAX_DAYS}]")
     created = now_us - now_us % US_PER_SECOND  # whole seconds: expiry lands on an exact second
     expires = None if expires_in_days is None else created + round(expires_in_days * US_PER_DAY)
     while True:
