@@ -157,6 +157,7 @@ BAD_INPUT = [
     (["billing", "status", "--since", "yesterday"], "--since"),
     (["billing", "status", "--until", "2026-13-01"], "--until"),
     (["billing", "status", "--by", "week"], "--by"),
+    (["billing", "status", "--until", "9999-12-31"], "out of range"),
     (["billing", "status", "--json", "--csv"], "--csv"),
     (["billing", "status", "--since", "2026-02-01", "--until", "2026-01-01"], "--since"),
     (["billing", "requests", "--status", "done"], "--status"),
@@ -190,6 +191,17 @@ def test_mixed_currencies_are_refused_in_one_line(billed_db: Path) -> None:
     assert "EUR, PLN" in done.stderr and "--currency" in done.stderr
     eur = json.loads(ok(billed_db, "billing", "status", "--currency", "eur", "--json"))
     assert eur["currency"] == "EUR" and eur["total"]["cost"] == "0.000002"
+
+
+def test_a_database_that_cannot_be_opened(tmp_path: Path) -> None:
+    done = run(tmp_path / "missing" / "m.db", "api-keys", "list")
+    assert done.returncode == 2
+    assert done.stderr.count("\n") == 1 and "--db" in done.stderr and "cannot open" in done.stderr
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not a database\n" * 100)
+    done = run(notes, "billing", "status")
+    assert done.returncode == 2 and "not a database" in done.stderr
+    assert notes.read_text().startswith("not a database")
 
 
 def test_bad_input_on_a_new_path_creates_no_database(tmp_path: Path) -> None:

@@ -16,11 +16,11 @@ from node.meter.times import parse_moment
 
 @contextmanager
 def open_meter(db_path: str) -> Iterator[Meter]:
-    """The meter at `--db`; a database that cannot be opened is a one-line error."""
+    """The meter at `--db`; a database that cannot be opened is bad input (exit 2)."""
     try:
         meter = Meter(db_path)
     except MeterUnavailable as exc:
-        raise click.ClickException(str(exc)) from None
+        raise click.BadParameter(str(exc), param_hint="--db") from None
     try:
         yield meter
     except MeterUnavailable as exc:

@@ -41,7 +41,13 @@ def parse_moment(text: str, *, end_of_day: bool = False) -> int:
     With `end_of_day`, a bare date means the end of that day (the next midnight), so
     `--until 2026-11-25` includes the 25th.
     """
-    text = text.strip()
+    try:
+        return _parse(text.strip(), end_of_day)
+    except OverflowError:
+        raise ValueError(f"{text!r} is out of range") from None
+
+
+def _parse(text: str, end_of_day: bool) -> int:
     try:
         day = date.fromisoformat(text)
     except ValueError:
