@@ -355,8 +355,10 @@ class MeteredGeneration:
         self.price = price
         self.bill: Bill | None = None
         self.finished: Finished | None = None
-        self._iter = generation.__aiter__()
-        self._pending: asyncio.Future[GenerationEvent] | None = None
+        # The engine's iterator is drained by its own task into a queue, so cancelling our
+        # caller never tears the iterator down: `aclose()` can still read the final counts.
+        self._queue: asyncio.Queue[GenerationEvent | BaseException] = asyncio.Queue()
+        self._pump = asyncio.ensure_future(self._drain_engine())
         self._checkpointed = 0
         self._meter_error: BaseException | None = None
         self._began = time.perf_counter()
@@ -368,14 +370,22 @@ class MeteredGeneration:
     def request_id(self) -> str:
         return self._admission.request_id
 
+    async def _drain_engine(self) -> None:
+        try:
+            async for event in self._generation:
+                self._queue.put_nowait(event)
+                if isinstance(event, Finished):
+                    return
+            self._queue.put_nowait(RuntimeError("the engine ended without Finished"))
+        except Exception as exc:
+            self._queue.put_nowait(exc)
+
     async def _next(self) -> GenerationEvent:
-        # The engine's iterator runs in its own task, so cancelling our caller never tears it
-        # down: `aclose()` can then still read the engine's final counts.
-        if self._pending is None:
-            self._pending = asyncio.ensure_future(self._iter.__anext__())
-        event = await asyncio.shield(self._pending)
-        self._pending = None
-        return event
+        item = await self._queue.get()
+        if isinstance(item, BaseException):
+            self._queue.put_nowait(item)  # every later read fails the same way
+            raise item
+        return item
 
     async def events(self) -> AsyncIterator[GenerationEvent]:
         while self.finished is None:
