@@ -358,6 +358,7 @@ class MeteredGeneration:
         # The engine's iterator is drained by its own task into a queue, so cancelling our
         # caller never tears the iterator down: `aclose()` can still read the final counts.
         self._queue: asyncio.Queue[GenerationEvent | BaseException] = asyncio.Queue()
+        self._held: GenerationEvent | BaseException | None = None  # read, not yet returned
         self._pump = asyncio.ensure_future(self._drain_engine())
         self._checkpointed = 0
         self._meter_error: BaseException | None = None
@@ -381,11 +382,26 @@ class MeteredGeneration:
             self._queue.put_nowait(exc)
 
     async def _next(self) -> GenerationEvent:
-        item = await self._queue.get()
+        if self._held is not None:
+            item, self._held = self._held, None
+        else:
+            item = await self._queue.get()
         if isinstance(item, BaseException):
-            self._queue.put_nowait(item)  # every later read fails the same way
+            self._held = item  # every later read fails the same way
             raise item
         return item
+
+    def _join_ready(self, delta: TextDelta) -> TextDelta:
+        """Text already waiting behind `delta` goes out with it: when the event loop lags
+        behind the engine, fewer and larger chunks cost less per token."""
+        parts = [delta.text]
+        while self._held is None and not self._queue.empty():
+            item = self._queue.get_nowait()
+            if isinstance(item, TextDelta):
+                parts.append(item.text)
+            else:
+                self._held = item
+        return delta if len(parts) == 1 else TextDelta("".join(parts))
 
     async def events(self) -> AsyncIterator[GenerationEvent]:
         while self.finished is None:
@@ -394,6 +410,7 @@ class MeteredGeneration:
                 raise MeterUnavailable(f"meter checkpoint failed: {self._meter_error}")
             event = await self._next()
             if isinstance(event, TextDelta):
+                event = self._join_ready(event)
                 if self._first_token_s is None:
                     self._first_token_s = time.perf_counter() - self._began
                     self._service.observer.first_token(self.model, self._first_token_s)
