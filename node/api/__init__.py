@@ -1,0 +1,1 @@
+"""The OpenAI-compatible HTTP layer: Starlette routes over `node.service`; no SQLite here."""
