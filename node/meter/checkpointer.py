@@ -1,8 +1,9 @@
 """WAL checkpoints on their own thread, so the writer never stalls on a checkpoint's fsyncs.
 
 The writer's connection runs with `wal_autocheckpoint = 0`; this thread copies the WAL back into
-the database every `interval_s` (PASSIVE: it never blocks readers or the writer) and truncates
-it on close.
+the database every `interval_s` and once more on close. PASSIVE never waits for readers or
+writers (another process, e.g. the server while the CLI closes), so closing never stalls; SQLite
+removes the WAL itself when the last connection to the database closes.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ class Checkpointer:
     def close(self) -> None:
         self._stop.set()
         self._thread.join()
-        self._checkpoint("TRUNCATE")
+        self._checkpoint("PASSIVE")
         self._conn.close()
 
     def _run(self) -> None:
