@@ -210,3 +210,18 @@ def test_bad_input_on_a_new_path_creates_no_database(tmp_path: Path) -> None:
         run(db, "prices", "set", "m", "cpu", "--prompt", "x", "--completion", "1").returncode == 2
     )
     assert not db.exists()
+
+
+def test_reads_do_not_wait_for_a_busy_writer(billed_db: Path) -> None:
+    """The server holds the write lock most of the time under load; reports still answer."""
+    writer = sqlite3.connect(billed_db, isolation_level=None)
+    try:
+        writer.execute("BEGIN IMMEDIATE")
+        writer.execute("UPDATE requests SET user = 'x'")  # uncommitted: invisible to readers
+        # A command that needed the write lock would fail after the busy timeout (exit != 0).
+        report = json.loads(ok(billed_db, "billing", "status", "--json"))
+        keys = json.loads(ok(billed_db, "api-keys", "list", "--json"))
+    finally:
+        writer.execute("ROLLBACK")
+        writer.close()
+    assert report["total"]["requests"] == 2 and keys == []
