@@ -281,8 +281,8 @@ def main() -> None:
     parser.add_argument("--n-ctx", type=int, default=8192)
     parser.add_argument("--parallel", type=int, default=8)
     parser.add_argument(
-        "--ban-tokens", type=lambda s: [int(x) for x in s.split(",") if x], default=[0, 2],
-        help="token ids banned through logit_bias (SmolLM2's end-of-text and <|im_end|>)",
+        "--ban-tokens", type=lambda s: [int(x) for x in s.split(",") if x], default=[0, 2, 4],
+        help="token ids banned through logit_bias (SmolLM2: <|endoftext|>, <|im_end|>, <reponame>)",
     )  # fmt: skip
     args = parser.parse_args()
 

@@ -194,7 +194,7 @@ def test_seed_gives_the_same_output(server: Server) -> None:
 
 def test_completions_stream(server: Server) -> None:
     with httpx.stream(
-        "POST", f"{server.url}/v1/completions", headers=server.auth(),
+        "POST", f"{server.url}/v1/completions", headers=server.auth(), timeout=60,
         json={"model": CHAT_ID, "prompt": ["The sky is"], "max_tokens": 6, "stream": True,
               "stream_options": {"include_usage": True}},
     ) as resp:  # fmt: skip
@@ -244,7 +244,7 @@ def test_embeddings_float_and_base64(server: Server) -> None:
 def test_errors_on_the_real_model(server: Server) -> None:
     long = "word " * 600
     resp = httpx.post(
-        f"{server.url}/v1/chat/completions", headers=server.auth(),
+        f"{server.url}/v1/chat/completions", headers=server.auth(), timeout=60,
         json={"model": CHAT_ID, "messages": [{"role": "user", "content": long}]},
     )  # fmt: skip
     assert resp.status_code == 400
@@ -252,13 +252,13 @@ def test_errors_on_the_real_model(server: Server) -> None:
     assert error["code"] == "context_length_exceeded"
     assert error["n_ctx"] == N_CTX_PER_SEQ and error["n_prompt_tokens"] > 600
     resp = httpx.post(
-        f"{server.url}/v1/chat/completions", headers=server.auth(),
+        f"{server.url}/v1/chat/completions", headers=server.auth(), timeout=60,
         json={"model": CHAT_ID, "messages": MESSAGES, "logit_bias": {"999999999": 5}},
     )  # fmt: skip
     assert resp.status_code == 400
     assert resp.json()["error"]["type"] == "invalid_request_error"
     resp = httpx.post(
-        f"{server.url}/v1/chat/completions", headers=server.auth(),
+        f"{server.url}/v1/chat/completions", headers=server.auth(), timeout=60,
         json={"model": EMBED_ID, "messages": MESSAGES},
     )  # fmt: skip
     assert (resp.status_code, resp.json()["error"]["code"]) == (404, "model_not_found")
@@ -267,7 +267,7 @@ def test_errors_on_the_real_model(server: Server) -> None:
 def test_disconnect_mid_stream_stops_generation_and_meters_cancelled(server: Server) -> None:
     predicted = "llamacpp:tokens_predicted_total"
     with httpx.stream(
-        "POST", f"{server.url}/v1/chat/completions", headers=server.auth(),
+        "POST", f"{server.url}/v1/chat/completions", headers=server.auth(), timeout=60,
         json={"model": CHAT_ID, "messages": [{"role": "user", "content": "Count to 1000."}],
               "max_tokens": 400, "stream": True, "temperature": 0},
     ) as resp:  # fmt: skip
@@ -381,9 +381,9 @@ def test_killed_node_leaves_interrupted_rows_with_checkpointed_tokens(tmp_path: 
     try:
         with httpx.stream(
             "POST", f"{url}/v1/completions",
-            headers={"Authorization": f"Bearer {key['secret']}"},
+            headers={"Authorization": f"Bearer {key['secret']}"}, timeout=60,
             json={"model": CHAT_ID, "prompt": "1, 2, 3,", "max_tokens": 300, "stream": True,
-                  "temperature": 0, "logit_bias": {"0": -100, "2": -100}},
+                  "temperature": 0, "logit_bias": {"0": -100, "2": -100, "4": -100}},
         ) as resp:  # fmt: skip
             request_id = resp.headers["x-request-id"]
             seen = 0
