@@ -18,6 +18,7 @@ import subprocess
 import sys
 import threading
 import tomllib
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -308,3 +309,34 @@ def test_image_reads_the_mounted_registry(
     specs = resolve_models(None)
     assert [spec.id for spec in specs] == ["tiny"]
     assert specs[0].path == default_gguf.resolve()
+
+
+def build_context(target: Path) -> None:
+    """What `docker build` sends and the build stage COPYs: sources minus .dockerignore."""
+    for source in copied_sources():
+        for path in [ROOT / source, *sorted((ROOT / source).rglob("*"))]:
+            relative = path.relative_to(ROOT).as_posix()
+            if path.is_file() and not dockerignore_excludes(relative):
+                (target / relative).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy(path, target / relative)
+
+
+def test_build_context_makes_a_complete_llm_node_wheel(tmp_path: Path) -> None:
+    """The build stage's `pip wheel .` on exactly the copied files: every module, the script."""
+    context, wheels = tmp_path / "context", tmp_path / "wheels"
+    build_context(context)
+    done = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(wheels), str(context)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    [wheel] = wheels.glob("llm_node-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        names = set(archive.namelist())
+        [entry_points] = [n for n in names if n.endswith(".dist-info/entry_points.txt")]
+        scripts = archive.read(entry_points).decode()
+    modules = {p.relative_to(ROOT).as_posix() for p in (ROOT / "node").rglob("*.py")}
+    assert modules <= names, f"missing from the image's wheel: {sorted(modules - names)}"
+    assert "llm-node = node.cli:main" in scripts
