@@ -53,9 +53,9 @@ def test_batched_inputs_match_inputs_embedded_alone(embedder):
 
 
 def test_more_inputs_than_one_decode_holds(embedder):
-    texts = [f"sentence number {i} about topic {i % 5}" for i in range(40)]
+    texts = [f"sentence number {i} about topic {i % 5}" for i in range(20)]
     result = embed(embedder, texts)
-    assert len(result.vectors) == 40
+    assert len(result.vectors) == 20  # more than the 16 sequences one decode takes
     assert np.allclose(result.vectors[7], embed(embedder, [texts[7]]).vectors[0], atol=1e-4)
 
 

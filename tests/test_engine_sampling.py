@@ -57,16 +57,22 @@ def test_logit_bias_forces_a_token(engine):
     assert result.text.count("banana") == 3
 
 
-def test_repeat_penalty_changes_greedy_output(engine):
+def test_penalties_see_the_prompt_and_change_greedy_output(engine):
     tokens = chat_tokens(engine, "Repeat the word 'go' twenty times.")
-    plain = run(collect(engine, tokens, SamplingParams(temperature=0.0, max_tokens=24))).text
-    penalised = SamplingParams(temperature=0.0, max_tokens=24, repeat_penalty=1.8)
-    assert run(collect(engine, tokens, penalised)).text != plain
+
+    def text(**penalty: float) -> str:
+        params = SamplingParams(temperature=0.0, max_tokens=24, **penalty)
+        return run(collect(engine, tokens, params)).text
+
+    plain = text()
+    assert text(repeat_penalty=1.3) != plain
+    assert text(frequency_penalty=1.5) != plain
 
 
 def test_json_object_grammar_yields_a_json_object(engine):
-    tokens = chat_tokens(engine, "Give me a JSON object describing a book.")
-    params = SamplingParams(temperature=0.0, max_tokens=96, grammar=JSON_OBJECT_GRAMMAR)
+    ask = "Return a JSON object with the keys name and year for the movie Alien."
+    tokens = chat_tokens(engine, ask)
+    params = SamplingParams(temperature=0.0, max_tokens=64, grammar=JSON_OBJECT_GRAMMAR)
     result = run(collect(engine, tokens, params))
     assert result.finished.reason == "stop", result.text
     assert isinstance(json.loads(result.text), dict)

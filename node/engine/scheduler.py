@@ -1,8 +1,8 @@
 """Continuous batching: one thread per model owns the llama context and its `parallel` slots.
 
-Each step admits waiting requests into free slots, puts one token of every generating sequence
-and prompt chunks of new ones into ONE batch, calls `llama_decode` once, samples every sequence
-with its own sampler chain and hands the text back to the event loop.
+Each step admits waiting requests into free slots, decodes one token of every generating
+sequence in ONE `llama_decode`, samples every sequence with its own sampler chain, then decodes
+the next prompt chunk of one newly admitted sequence, and hands the text back to the event loop.
 """
 
 from __future__ import annotations
@@ -35,6 +35,9 @@ log = logging.getLogger(__name__)
 
 Events = list[tuple[Request, GenerationEvent]]
 
+# A shared prefix this long (or half the prompt) is worth taking a slot out of id order for.
+MIN_REUSE = 64
+
 
 class _Slot:
     """One sequence id of the context and the tokens whose KV it currently holds."""
@@ -46,7 +49,7 @@ class _Slot:
         self.pending: list[int] = []  # prompt tokens still to decode
         self.next_token = -1  # sampled, to be decoded in the next step
         self.stream = TextStream()
-        self.last_used = 0
+        self.admitted_at = 0
 
 
 def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
@@ -75,12 +78,14 @@ class Scheduler:
             )
         )
         self._memory = llama_cpp.llama_get_memory(self._ctx)
-        self._batch = TokenBatch(self.n_batch)
+        self._gen_batch = TokenBatch(self.parallel)
+        self._prompt_batch = TokenBatch(self.n_batch)
         self._slots = [_Slot(i) for i in range(self.parallel)]
         self._waiting: deque[Request] = deque()
         self._cond = threading.Condition()
         self._stopping = False
         self._step_no = 0
+        self._admissions = 0
         self.info = ModelInfo(
             id=spec.id,
             aliases=spec.alias,
@@ -120,6 +125,7 @@ class Scheduler:
             if len(self._waiting) >= self.max_queue:
                 raise EngineBusy()
         sampler = SequenceSampler(self.model, params)  # raises ValueError on a bad grammar
+        sampler.accept_prompt(prompt_tokens)
         request = Request(list(prompt_tokens), params, sampler, loop)
         with self._cond:
             if len(self._waiting) >= self.max_queue:
@@ -191,67 +197,86 @@ class Scheduler:
                 self._finish(slot, "cancelled", events, drop_kv=True)
         for request in admitted:
             self._admit(request)
+        generating = [s for s in self._slots if s.request is not None and not s.pending]
+        prefilling = [s for s in self._slots if s.request is not None and s.pending]
+        if generating:
+            self._decode_generating(generating, events)
+        if prefilling:
+            self._decode_prompt_chunk(min(prefilling, key=lambda s: s.admitted_at), events)
 
-        batch = self._batch
+    def _decode_generating(self, slots: list[_Slot], events: Events) -> None:
+        """One token for every generating sequence, in seq-id order, in one decode."""
+        batch = self._gen_batch
         batch.clear()
-        outputs: list[tuple[_Slot, int]] = []
-        prefilling: list[_Slot] = []
-        generating: list[_Slot] = []
-        for slot in self._slots:
-            if slot.request is None:
-                continue
-            if slot.pending:
-                prefilling.append(slot)
-            else:
-                index = batch.add(slot.next_token, len(slot.cache), slot.seq_id, True)
-                outputs.append((slot, index))
-                generating.append(slot)
-        decoded: list[tuple[_Slot, list[int]]] = []
-        for slot in prefilling:  # fill the rest of the batch with prompt chunks, oldest first
-            room = batch.capacity - batch.n
-            if room <= 0:
-                break
-            chunk = slot.pending[:room]
-            done = len(chunk) == len(slot.pending)
-            index = batch.add_run(chunk, len(slot.cache), slot.seq_id, done)
-            decoded.append((slot, chunk))
-            if done:
-                outputs.append((slot, index))
-        if batch.n == 0:
+        for slot in slots:
+            batch.add(slot.next_token, len(slot.cache), slot.seq_id, True)
+        if not self._decode(batch, slots, events):
             return
-
-        rc = batch.decode(self._ctx)
-        if rc != 0:
-            reason = f"llama_decode failed with status {rc}"
-            log.error("model %s: %s", self.info.id, reason)
-            for slot in {id(s): s for s, _ in outputs + decoded}.values():
-                self._finish(slot, "error", events, drop_kv=True, error=reason)
-            return
-
-        for slot in generating:
+        for index, slot in enumerate(slots):
             slot.cache.append(slot.next_token)
-        for slot, chunk in decoded:
-            slot.cache.extend(chunk)
-            del slot.pending[: len(chunk)]
-        for slot, index in outputs:
             request = slot.request
             assert request is not None
-            token = request.sampler.sample(self._ctx, index)
-            self._on_token(slot, token, events)
+            self._on_token(slot, request.sampler.sample(self._ctx, index), events)
+
+    def _decode_prompt_chunk(self, slot: _Slot, events: Events) -> None:
+        """The next chunk of ONE prompt, decoded on its own.
+
+        llama.cpp's CPU attention takes a different kernel for a sequence with one token in a
+        micro-batch than for one with several, and a batch mixing prompts with one-token
+        sequences is split so that a prompt's first token lands in a one-token group. Either
+        way its logits change (by up to ~0.6 on SmolLM2) and greedy output would depend on
+        what a request was batched with. Decoded alone, a prompt chunk is computed exactly as
+        llama-cpp-python's `Llama` computes it; generation steps are one token per sequence
+        in both, so batched output is token-identical to unbatched.
+        """
+        batch = self._prompt_batch
+        batch.clear()
+        chunk = slot.pending[: batch.capacity]
+        done = len(chunk) == len(slot.pending)
+        index = batch.add_run(chunk, len(slot.cache), slot.seq_id, done)
+        if not self._decode(batch, [slot], events):
+            return
+        slot.cache.extend(chunk)
+        del slot.pending[: len(chunk)]
+        if done:
+            request = slot.request
+            assert request is not None
+            self._on_token(slot, request.sampler.sample(self._ctx, index), events)
+
+    def _decode(self, batch: TokenBatch, slots: list[_Slot], events: Events) -> bool:
+        rc = batch.decode(self._ctx)
+        if rc == 0:
+            return True
+        reason = f"llama_decode failed with status {rc}"
+        log.error("model %s: %s", self.info.id, reason)
+        for slot in slots:
+            self._finish(slot, "error", events, drop_kv=True, error=reason)
+        return False
 
     def _admit(self, request: Request) -> None:
-        """Put a request into the free slot whose KV shares the longest prefix with it."""
+        """Put a request into a free slot: the one whose KV shares a worthwhile prefix with it,
+        else the lowest free one.
+
+        Low slots first keeps the active sequence ids contiguous: llama.cpp decodes a
+        non-contiguous set of sequences in several micro-batches, one per contiguous run.
+        """
+        prompt = request.prompt
+        # Leave at least two prompt tokens to decode: a one-token chunk takes another kernel
+        # than the whole prompt would (see `_decode_prompt_chunk`).
+        reusable = max(len(prompt) - 2, 0)
         best: _Slot | None = None
         best_key = (-1, 0)
         for slot in self._slots:
             if slot.request is not None:
                 continue
-            key = (_common_prefix(slot.cache, request.prompt), -slot.last_used)
+            shared = min(_common_prefix(slot.cache, prompt), reusable)
+            worth = shared if shared >= MIN_REUSE or 2 * shared >= len(prompt) else 0
+            key = (worth, -slot.seq_id)
             if key > best_key:
                 best, best_key = slot, key
         assert best is not None, "admitted without a free slot"
         slot = best
-        keep = min(best_key[0], len(request.prompt) - 1)  # decode at least one prompt token
+        keep = min(_common_prefix(slot.cache, prompt), reusable)
         if keep < len(slot.cache):
             if not llama_cpp.llama_memory_seq_rm(self._memory, slot.seq_id, keep, -1):
                 llama_cpp.llama_memory_seq_rm(self._memory, slot.seq_id, -1, -1)
@@ -262,7 +287,8 @@ class Scheduler:
         slot.pending = request.prompt[keep:]
         slot.next_token = -1
         slot.stream = TextStream(request.params.stop)
-        slot.last_used = self._step_no
+        self._admissions += 1
+        slot.admitted_at = self._admissions
 
     def _on_token(self, slot: _Slot, token: int, events: Events) -> None:
         request = slot.request
