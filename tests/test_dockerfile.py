@@ -340,3 +340,14 @@ def test_build_context_makes_a_complete_llm_node_wheel(tmp_path: Path) -> None:
     modules = {p.relative_to(ROOT).as_posix() for p in (ROOT / "node").rglob("*.py")}
     assert modules <= names, f"missing from the image's wheel: {sorted(modules - names)}"
     assert "llm-node = node.cli:main" in scripts
+
+
+def test_readme_build_args_exist_in_the_dockerfile() -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    build_args = re.findall(r"--build-arg (\w+)=\"?([^\s\"]*)", readme)
+    assert {name for name, _ in build_args} >= {"BACKEND", "CMAKE_ARGS"}
+    declared = set(re.findall(r"^ARG (\w+)", DOCKERFILE, re.MULTILINE))
+    for name, value in build_args:
+        assert name in declared, f"README passes --build-arg {name}, the Dockerfile has no ARG"
+        if name == "BACKEND":
+            assert {f"build-{value}", f"runtime-{value}"} <= set(STAGES), value
