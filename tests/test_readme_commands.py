@@ -118,3 +118,27 @@ def test_registry_examples_are_valid_model_tables() -> None:
             tables += 1
         assert line > 0
     assert tables >= 2
+
+
+def test_command_lines_are_found_wherever_the_shell_runs_them() -> None:
+    """The extraction the checks above rely on: nothing the README runs may slip past them."""
+    sample = """\
+```bash
+$ LLM_NODE_DB=/tmp/x.db .venv/bin/llm-node billing status --by org  # a comment
+KEY=$(docker exec -it -e A=1 llm llm-node api-keys create --level LLM \\
+      --comment "two words" --json | python3 -c 'print(1)')
+docker run -d --name llm -p 8000:8000 -v "$PWD/m:/models" llm-node:cuda serve --port 9000
+docker run -d --name llm llm-node:cpu
+echo llm-node-is-not-a-command && llm-node models list
+```
+```python
+llm-node = "not shell"
+```
+"""
+    found = [inv.args for inv in invocations(sample, "sample")]
+    assert found == [
+        ("billing", "status", "--by", "org"),
+        ("api-keys", "create", "--level", "LLM", "--comment", "two words", "--json"),
+        ("serve", "--port", "9000"),
+        ("models", "list"),
+    ]
