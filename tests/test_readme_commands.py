@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import sqlite3
 import tomllib
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from cli_args import all_commands, envvars, fenced_blocks, invocations, options,
 
 from node.cli import cli
 from node.config import ModelSpec
+from node.meter import Meter
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 TEXT = README.read_text(encoding="utf-8")
@@ -142,3 +144,22 @@ llm-node = "not shell"
         ("serve", "--port", "9000"),
         ("models", "list"),
     ]
+
+
+def test_meter_tables_and_columns_named_in_readme_exist(tmp_path: Path) -> None:
+    meter = Meter(tmp_path / "llm-node.db")
+    meter.close()
+    with sqlite3.connect(tmp_path / "llm-node.db") as conn:
+        columns = {
+            table: {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+            for (table,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+        }
+    section = re.search(r"^## The meter\n(.*?)(?=^## )", TEXT, re.MULTILINE | re.DOTALL)
+    assert section
+    tables = set(re.findall(r"the `(\w+)` table|in\s+`(\w+)`", section.group(1)))
+    named_tables = {name for pair in tables for name in pair if name}
+    assert named_tables >= {"requests", "api_keys", "prices"}
+    assert named_tables <= set(columns), (
+        f"README names missing tables: {named_tables - set(columns)}"
+    )
+    assert {"cost_units", "currency", "started", "finished"} <= columns["requests"]
