@@ -16,9 +16,17 @@ from node.engine.scheduler import Scheduler
 NO_EOG_BIAS = {0: -100.0, 2: -100.0, 4: -100.0}
 
 
+# One decode thread: ggml's threads spin at every op barrier, so two of them on a 2-core machine
+# shared with anything else (other tests, a server under test) slow a decode from ~5 ms to
+# seconds. One thread is a little slower alone and never pathological. The default (physical
+# cores) is exercised by bench/engine_bench.py and test_engine_pool.
+TEST_THREADS = 1
+
+
 def make_scheduler(
     path: Path, *, n_ctx: int = 4096, parallel: int = 8, max_queue: int | None = None, **extra
 ) -> Scheduler:
+    extra.setdefault("n_threads", TEST_THREADS)
     spec = ModelSpec(id="test", path=path, n_ctx=n_ctx, parallel=parallel, **extra)
     return Scheduler(LoadedModel(spec), max_queue=max_queue)
 

@@ -17,7 +17,9 @@ TEXTS = ["The cat sat on the mat.", "Stock markets fell sharply today.", "A kitt
 
 @pytest.fixture(scope="module")
 def embedder(default_gguf):
-    spec = ModelSpec(id="embed", path=default_gguf, n_ctx=256, parallel=1, embeddings=True)
+    spec = ModelSpec(
+        id="embed", path=default_gguf, n_ctx=256, parallel=1, embeddings=True, n_threads=1
+    )
     engine = EmbeddingModel(LoadedModel(spec))
     yield engine
     engine.close()

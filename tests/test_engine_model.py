@@ -112,7 +112,7 @@ def test_default_threads_are_physical_cores_never_more_than_usable_cpus():
 
 
 def test_q5_k_m_file_loads_reports_its_type_and_generates(q5_k_m):
-    spec = ModelSpec(id="q5", path=q5_k_m, n_ctx=512, parallel=1)
+    spec = ModelSpec(id="q5", path=q5_k_m, n_ctx=512, parallel=1, n_threads=1)
     engine = Scheduler(LoadedModel(spec))
     try:
         assert engine.info.quant_type == "Q5_K_M"

@@ -6,7 +6,15 @@ import asyncio
 
 import llama_cpp
 import pytest
-from engine_support import NO_EOG_BIAS, chat_tokens, collect, greedy, make_scheduler, run
+from engine_support import (
+    NO_EOG_BIAS,
+    TEST_THREADS,
+    chat_tokens,
+    collect,
+    greedy,
+    make_scheduler,
+    run,
+)
 from llama_cpp import Llama
 
 from node.engine.interface import (
@@ -40,7 +48,7 @@ def engine(default_gguf):
 @pytest.fixture(scope="module")
 def reference(default_gguf):
     """llama-cpp-python's own high-level `Llama` on the same file: the peer to agree with."""
-    llm = Llama(str(default_gguf), n_ctx=512, n_batch=512, n_threads=2, verbose=False)
+    llm = Llama(str(default_gguf), n_ctx=512, n_batch=512, n_threads=TEST_THREADS, verbose=False)
     yield llm
     llm.close()
 
@@ -239,3 +247,20 @@ def test_empty_prompt_and_bad_grammar_are_rejected_at_submit(engine):
         run(submit([1, 2, 3], SamplingParams(grammar="root ::= nonsense-rule")))
     with pytest.raises(ValueError, match="logit_bias"):
         run(submit([1, 2, 3], SamplingParams(logit_bias={10**9: 1.0})))
+
+
+def test_decode_failure_fails_that_request_only_and_the_engine_keeps_serving(engine):
+    good = chat_tokens(engine, PROMPTS[6])
+    expected = run(collect(engine, good, greedy(MAX))).text
+    broken = [*good[:-1], 10_000_000]  # no such token: llama_decode rejects the batch
+
+    async def together():
+        return await asyncio.gather(
+            collect(engine, good, greedy(MAX)), collect(engine, broken, greedy(MAX))
+        )
+
+    ok, failed = run(together())
+    assert failed.finished.reason == "error" and "llama_decode" in failed.finished.error
+    assert failed.text == "" and failed.finished.counts.completion_tokens == 0
+    assert ok.finished.reason != "error" and ok.text == expected
+    assert run(collect(engine, good, greedy(MAX))).text == expected

@@ -84,7 +84,6 @@ class Scheduler:
         self._waiting: deque[Request] = deque()
         self._cond = threading.Condition()
         self._stopping = False
-        self._step_no = 0
         self._admissions = 0
         self.info = ModelInfo(
             id=spec.id,
@@ -191,7 +190,6 @@ class Scheduler:
         return [self._waiting.popleft() for _ in range(min(free, len(self._waiting)))]
 
     def _step(self, admitted: list[Request], events: Events) -> None:
-        self._step_no += 1
         for slot in self._slots:
             if slot.request is not None and slot.request.cancelled:
                 self._finish(slot, "cancelled", events, drop_kv=True)
