@@ -173,11 +173,20 @@ class Scheduler:
                 self._step(admitted, events)
             except Exception as exc:  # a bug must fail requests, not kill the thread
                 log.exception("engine step failed for model %s", self.info.id)
-                for slot in self._slots:
-                    if slot.request is not None:
-                        self._finish(slot, "error", events, drop_kv=True, error=str(exc))
+                self._fail_everything(admitted, events, f"engine error: {exc}")
             deliver(events)
         self._shutdown()
+
+    def _fail_everything(self, admitted: list[Request], events: Events, error: str) -> None:
+        placed = set()
+        for slot in self._slots:
+            if slot.request is not None:
+                placed.add(id(slot.request))
+                self._finish(slot, "error", events, drop_kv=True, error=error)
+        for request in admitted:
+            if id(request) not in placed and not any(r is request for r, _ in events):
+                request.sampler.close()
+                events.append((request, Finished("error", request.counts, error=error)))
 
     def _take_waiting(self, events: Events) -> list[Request]:
         """Drop cancelled waiters; pop as many as there are free slots. Holds the lock."""
