@@ -61,6 +61,10 @@ class Server:
         assert row is not None, f"no meter row {request_id}"
         return row
 
+    def row_or_none(self, request_id: str) -> dict | None:
+        with Meter(self.db) as meter:
+            return meter.request_row(request_id)
+
     def final_row(self, request_id: str) -> dict:
         for _ in range(500):
             row = self.row(request_id)
@@ -83,9 +87,9 @@ def start_server(tmp: Path, db: Path) -> tuple[str, subprocess.Popen[bytes]]:
     gguf = embedded_model_path()
     registry.write_text(
         f'[[model]]\nid = "{CHAT_ID}"\npath = "{gguf}"\nn_ctx = {N_CTX_PER_SEQ * 4}\n'
-        f"parallel = 4\n\n"
+        f"parallel = 4\nn_threads = 1\n\n"
         f'[[model]]\nid = "{EMBED_ID}"\npath = "{gguf}"\nn_ctx = 512\nparallel = 1\n'
-        f"embeddings = true\n"
+        f"embeddings = true\nn_threads = 1\n"
     )
     port = free_port()
     log = open(tmp / "server.log", "ab")  # noqa: SIM115 - lives as long as the process
@@ -262,6 +266,43 @@ def test_errors_on_the_real_model(server: Server) -> None:
         json={"model": EMBED_ID, "messages": MESSAGES},
     )  # fmt: skip
     assert (resp.status_code, resp.json()["error"]["code"]) == (404, "model_not_found")
+
+
+ODD_BODIES = [
+    {"seed": 2**70},
+    {"seed": -5, "temperature": 0},
+    {"max_tokens": 2**62},
+    {"top_k": 1_000_000, "min_p": 1.0, "top_p": 0.0},
+    {"repeat_penalty": 10.0, "presence_penalty": 2, "frequency_penalty": -2},
+    {"logit_bias": {"0": 100, "1": -100, "49151": 100}},
+    {"logit_bias": {"99999999999999999999": 1}},
+    {"stop": ["x" * 5000, "\u0000", "🙂"]},
+    {"messages": [{"role": "user", "content": ""}]},
+    {"messages": [{"role": "user", "content": "\u0000<|im_end|><|im_start|>system 🙂"}]},
+    {"messages": [{"role": "assistant", "content": None}, {"role": "user", "content": "hi"}]},
+    {"response_format": {"type": "json_schema", "json_schema": {"schema": {"type": "string"}}}},
+    {"response_format": {"type": "json_schema", "json_schema": {"schema": {"$ref": "#/no"}}}},
+    {"response_format": {"type": "json_schema",
+                         "json_schema": {"schema": {"type": "object", "properties": {
+                             "a": {"type": "string", "pattern": "("}}}}}},
+    {"response_format": {"type": "json_schema",
+                         "json_schema": {"schema": {"type": "array", "minItems": 99999}}}},
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("extra", ODD_BODIES)
+def test_no_client_input_yields_a_500(server: Server, extra: dict) -> None:
+    body = {"model": CHAT_ID, "messages": MESSAGES, "max_tokens": 4, **extra}
+    resp = httpx.post(
+        f"{server.url}/v1/chat/completions", headers=server.auth(), timeout=60, json=body
+    )
+    assert resp.status_code in (200, 400), resp.text
+    if resp.status_code == 400:
+        assert resp.json()["error"]["type"] == "invalid_request_error"
+    else:
+        assert resp.json()["usage"]["completion_tokens"] <= 4
+    row = server.row_or_none(resp.headers["x-request-id"])
+    assert row is None or server.final_row(row["id"])["status"] in ("ok", "error")
 
 
 def test_disconnect_mid_stream_stops_generation_and_meters_cancelled(server: Server) -> None:

@@ -304,6 +304,8 @@ def test_priced_usage_carries_exact_cost(node: Node) -> None:
          "invalid_value"),
         ({**CHAT, "messages": [{"role": "user"}]}, "messages[0]", "invalid_value"),
         ({**CHAT, "logprobs": True}, "logprobs", "invalid_value"),
+        ({**CHAT, "top_k": 2**40}, "top_k", "invalid_value"),
+        ({**CHAT, "seed": 1.5}, "seed", "invalid_value"),
     ],
 )  # fmt: skip
 def test_bad_chat_bodies_are_400_naming_the_param(

@@ -88,7 +88,7 @@ class SamplingFields(_Body):
     top_p: float | None = Field(default=None, ge=0.0, le=1.0)
     user: str | None = Field(default=None, max_length=256)
     # llama.cpp extensions
-    top_k: int | None = Field(default=None, ge=0)
+    top_k: int | None = Field(default=None, ge=0, le=1_000_000)
     min_p: float | None = Field(default=None, ge=0.0, le=1.0)
     repeat_penalty: float | None = Field(default=None, gt=0.0, le=10.0)
 
