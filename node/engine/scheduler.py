@@ -2,7 +2,8 @@
 
 Each step admits waiting requests into free slots, decodes one token of every generating
 sequence in ONE `llama_decode`, samples every sequence with its own sampler chain, then decodes
-the next prompt chunk of one newly admitted sequence, and hands the text back to the event loop.
+prompt chunks of newly admitted sequences (each on its own, about one batch of tokens per step),
+and hands the text back to the event loop.
 """
 
 from __future__ import annotations
@@ -208,8 +209,13 @@ class Scheduler:
         prefilling = [s for s in self._slots if s.request is not None and s.pending]
         if generating:
             self._decode_generating(generating, events)
-        if prefilling:
-            self._decode_prompt_chunk(min(prefilling, key=lambda s: s.admitted_at), events)
+        # Prompt chunks, longest-waiting first, about one batch worth of tokens per step: new
+        # requests get their first token soon while streaming ones wait at most ~one batch.
+        spent = 0
+        for slot in sorted(prefilling, key=lambda s: s.admitted_at):
+            if spent >= self.n_batch:
+                break
+            spent += self._decode_prompt_chunk(slot, events)
 
     def _decode_generating(self, slots: list[_Slot], events: Events) -> None:
         """One token for every generating sequence, in seq-id order, in one decode."""
@@ -225,7 +231,7 @@ class Scheduler:
             assert request is not None
             self._on_token(slot, request.sampler.sample(self._ctx, index), events)
 
-    def _decode_prompt_chunk(self, slot: _Slot, events: Events) -> None:
+    def _decode_prompt_chunk(self, slot: _Slot, events: Events) -> int:
         """The next chunk of ONE prompt, decoded on its own.
 
         llama.cpp's CPU attention takes a different kernel for a sequence with one token in a
@@ -242,13 +248,14 @@ class Scheduler:
         done = len(chunk) == len(slot.pending)
         index = batch.add_run(chunk, len(slot.cache), slot.seq_id, done)
         if not self._decode(batch, [slot], events):
-            return
+            return len(chunk)
         slot.cache.extend(chunk)
         del slot.pending[: len(chunk)]
         if done:
             request = slot.request
             assert request is not None
             self._on_token(slot, request.sampler.sample(self._ctx, index), events)
+        return len(chunk)
 
     def _decode(self, batch: TokenBatch, slots: list[_Slot], events: Events) -> bool:
         rc = batch.decode(self._ctx)
