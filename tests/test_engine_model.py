@@ -121,3 +121,33 @@ def test_q5_k_m_file_loads_reports_its_type_and_generates(q5_k_m):
         assert result.finished.counts.completion_tokens > 0 and result.text.strip()
     finally:
         engine.close()
+
+
+def test_flash_attention_and_quantized_kv_cache_from_the_spec(default_gguf):
+    spec = ModelSpec(
+        id="fa",
+        path=default_gguf,
+        n_ctx=512,
+        parallel=2,
+        n_threads=1,
+        flash_attn=True,
+        type_k="q8_0",
+        type_v="q8_0",
+    )
+    engine = Scheduler(LoadedModel(spec))
+    try:
+        tokens = chat_tokens(engine, "What is the capital of France?")
+        result = asyncio.run(collect(engine, tokens, greedy(6)))
+        assert result.finished.counts.completion_tokens > 0 and result.text.strip()
+    finally:
+        engine.close()
+
+
+def test_quantized_v_cache_without_flash_attention_is_a_clear_load_error(default_gguf):
+    spec = ModelSpec(id="bad", path=default_gguf, n_ctx=512, parallel=1, type_v="q4_0")
+    model = LoadedModel(spec)
+    try:
+        with pytest.raises(ModelLoadError, match="flash_attn"):
+            Scheduler(model)
+    finally:
+        model.close()
