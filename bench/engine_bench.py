@@ -111,7 +111,14 @@ def main() -> None:
         n_batch=args.n_batch,
     )
     engine = Scheduler(LoadedModel(spec))
-    llm = Llama(str(path), n_ctx=512, n_batch=args.n_batch, n_threads=args.threads, verbose=False)
+    llm = Llama(
+        str(path),
+        n_ctx=512,
+        n_batch=args.n_batch,
+        n_threads=args.threads,
+        n_threads_batch=args.threads,  # as the engine; Llama's default is every logical CPU
+        verbose=False,
+    )
     print(
         f"model {path.name}, {args.threads} threads, n_batch {args.n_batch}, "
         f"{args.max_tokens} tokens per request, engine parallel={parallel}"
