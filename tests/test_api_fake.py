@@ -641,6 +641,7 @@ def _wait_final(node: Node, request_id: str) -> dict:
 
 def test_health_metrics_and_openapi(node: Node) -> None:
     assert httpx.get(f"{node.url}/health").json() == {"status": "ok"}
+    node.client().chat.completions.create(**CHAT, max_tokens=2)  # labelled series exist
     text = httpx.get(f"{node.url}/metrics").text
     for name in (
         "llamacpp:prompt_tokens_total",
@@ -660,6 +661,19 @@ def test_health_metrics_and_openapi(node: Node) -> None:
     assert {"/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/models",
             "/v1/models/{model_id}", "/health", "/metrics"} <= set(doc["paths"])  # fmt: skip
     assert "ChatCompletionRequest" in doc["components"]["schemas"]
+
+
+def test_openapi_documents_every_route() -> None:
+    from node.api.app import ROUTES
+    from node.api.openapi import openapi_document
+
+    paths = openapi_document()["paths"]
+    for route in ROUTES:
+        path = route.path.replace(":path}", "}")
+        if path == "/openapi.json":
+            continue
+        assert path in paths, f"{path} is not in openapi.json"
+        assert set(m.lower() for m in route.methods or ()) - {"head"} <= set(paths[path])
 
 
 def test_loading_node_answers_503(tmp_path: Path) -> None:
