@@ -157,7 +157,7 @@ def test_chat_whole_and_streamed_agree_and_are_metered(server: Server) -> None:
     assert usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
     assert 0 < usage.completion_tokens <= 12
     row = server.final_row(raw.headers["x-request-id"])
-    assert row["status"] == "ok"
+    assert row["status"] == "ok" and row["user"] == "e2e" and row["gpu_type"] == "testgpu"
     assert (row["prompt_tokens"], row["completion_tokens"], row["cached_tokens"]) == (
         usage.prompt_tokens,
         usage.completion_tokens,

@@ -116,6 +116,7 @@ def test_chat_completion_through_sdk_is_metered_under_its_request_id(node: Node)
     assert row["endpoint"] == "chat.completions"
     assert row["key_id"] == node.key_id
     assert row["gpu_type"] == "fakegpu"
+    assert row["user"] == "alice"
 
 
 def test_chat_stream_sends_role_deltas_finish_usage_then_done(node: Node) -> None:
