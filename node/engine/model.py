@@ -13,7 +13,6 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
-import jinja2
 import llama_cpp
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
@@ -171,7 +170,7 @@ class LoadedModel:
                 bos_token=self._token_text(self.bos),
                 add_generation_prompt=True,
             )
-        except jinja2.TemplateError as exc:
+        except Exception as exc:  # jinja2's TemplateSyntaxError and friends
             raise ModelLoadError(f"model {self.spec.id}: invalid chat template: {exc}") from None
 
     # -- text ----------------------------------------------------------------------------------
