@@ -151,3 +151,10 @@ def test_quantized_v_cache_without_flash_attention_is_a_clear_load_error(default
             Scheduler(model)
     finally:
         model.close()
+
+
+def test_broken_registry_template_is_a_one_line_load_error(default_gguf):
+    spec = ModelSpec(id="t", path=default_gguf, chat_template="{% for x in %}")
+    with pytest.raises(ModelLoadError, match="invalid chat template") as info:
+        LoadedModel(spec)
+    assert "\n" not in str(info.value)
