@@ -137,7 +137,11 @@ class LoadedModel:
         file_type = self.metadata("general.file_type")
         self.quant_type = quant_type_name(int(file_type) if file_type else None)
         template = spec.chat_template or self.metadata("tokenizer.chat_template")
-        self._formatter = self._make_formatter(template)
+        try:
+            self._formatter = self._make_formatter(template)
+        except ModelLoadError:
+            llama_cpp.llama_model_free(handle)  # nobody else will: the object never existed
+            raise
         self._pieces: dict[int, bytes] = {}
         self._closed = False
 
