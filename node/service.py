@@ -268,6 +268,10 @@ class NodeService:
     ) -> MeteredGeneration:
         """Open the meter row, then submit. The caller must drain or `aclose()` the result."""
         engine.check_fits(len(prompt_tokens), params.max_tokens)
+        try:
+            engine.validate(params)  # the client's mistakes are refused before a meter row exists
+        except ValueError as exc:
+            raise RejectedByModel(str(exc)) from exc
         price = await self._open(admission, engine.info)  # MeterUnavailable: nothing generated
         try:
             generation = engine.submit(prompt_tokens, params)

@@ -83,6 +83,9 @@ class FakeGeneration:
             engine.active -= 1
 
 
+FAKE_VOCAB = 1000
+
+
 class FakeEngine:
     """Implements `GenerationEngine`."""
 
@@ -109,7 +112,12 @@ class FakeEngine:
         if n_prompt_tokens + (max_tokens or 1) > self.info.n_ctx_per_seq:
             raise ContextOverflow(n_prompt_tokens, self.info.n_ctx_per_seq)
 
+    def validate(self, params: SamplingParams) -> None:
+        if any(token >= FAKE_VOCAB for token in params.logit_bias):
+            raise ValueError("logit_bias token is not in the vocabulary")
+
     def submit(self, prompt_tokens: list[int], params: SamplingParams) -> FakeGeneration:
+        self.validate(params)
         if self.active >= self.max_active:
             raise EngineBusy(retry_after=2)
         self.active += 1

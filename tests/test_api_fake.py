@@ -317,6 +317,12 @@ def test_bad_chat_bodies_are_400_naming_the_param(
     )
 
 
+def test_parameters_the_model_refuses_are_400_before_any_meter_row(node: Node) -> None:
+    resp = node.post("/v1/chat/completions", {**CHAT, "logit_bias": {"999999": 5}})
+    _assert_error(resp, 400, "invalid_request_error", "invalid_value")
+    assert node.meter.request_row(resp.headers["x-request-id"]) is None
+
+
 def test_unknown_fields_are_ignored(node: Node) -> None:
     resp = node.post("/v1/chat/completions", {**CHAT, "max_tokens": 1, "frobnicate": {"x": 1}})
     assert resp.status_code == 200

@@ -133,6 +133,10 @@ class GenerationEngine(Protocol):
     def check_fits(self, n_prompt_tokens: int, max_tokens: int | None) -> None:
         """Raise `ContextOverflow` if the request cannot fit one sequence's context."""
 
+    def validate(self, params: SamplingParams) -> None:
+        """Raise ValueError for parameters `submit` would refuse (bad logit_bias token, grammar),
+        so callers can reject a request before metering it."""
+
     def submit(self, prompt_tokens: list[int], params: SamplingParams) -> Generation:
         """Queue a request; call on the event loop. Raises `EngineBusy` or `ContextOverflow`."""
 

@@ -114,6 +114,9 @@ class Scheduler:
         if n_prompt_tokens + (max_tokens or 0) > self.n_ctx_per_seq:
             raise ContextOverflow(n_prompt_tokens, self.n_ctx_per_seq)
 
+    def validate(self, params: SamplingParams) -> None:
+        SequenceSampler(self.model, params).close()  # raises ValueError as submit would
+
     def submit(self, prompt_tokens: list[int], params: SamplingParams) -> Request:
         if not prompt_tokens:
             raise ValueError("the prompt is empty")
