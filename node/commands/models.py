@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from node.commands.options import db_option, echo_json, echo_table, json_option
+from node.commands.options import db_option, echo_json, echo_table, json_option, models_option
 from node.config import RegistryError, resolve_models
 
 
@@ -14,13 +14,7 @@ def models() -> None:
 
 
 @models.command("list")
-@click.option(
-    "--models",
-    "models_path",
-    envvar="LLM_NODE_MODELS",
-    type=click.Path(dir_okay=False),
-    help="Model registry (default: models/models.toml if present, else the embedded model).",
-)
+@models_option
 @db_option
 @json_option
 def list_models(models_path: str | None, db_path: str, as_json: bool) -> None:

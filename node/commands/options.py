@@ -26,6 +26,17 @@ def db_option(func: F) -> F:
     )(func)
 
 
+def models_option(func: F) -> F:
+    """`--models FILE` / env LLM_NODE_MODELS: the model registry."""
+    return click.option(
+        "--models",
+        "models_path",
+        envvar="LLM_NODE_MODELS",
+        type=click.Path(dir_okay=False),
+        help="Model registry (default: models/models.toml if present, else the embedded model).",
+    )(func)
+
+
 def json_option(func: F) -> F:
     return click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON output.")(
         func

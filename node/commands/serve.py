@@ -6,7 +6,7 @@ import logging
 
 import click
 
-from node.commands.options import db_option
+from node.commands.options import db_option, models_option
 from node.config import RegistryError, resolve_models
 
 MIB = 1024 * 1024
@@ -17,13 +17,7 @@ MIB = 1024 * 1024
 @click.option(
     "--port", default=8000, show_default=True, type=click.IntRange(1, 65535), help="Port."
 )
-@click.option(
-    "--models",
-    "models_path",
-    envvar="LLM_NODE_MODELS",
-    type=click.Path(dir_okay=False),
-    help="Model registry (default: models/models.toml if present, else the embedded model).",
-)
+@models_option
 @db_option
 @click.option(
     "--gpu-type",
