@@ -11,7 +11,7 @@ import llama_cpp
 import numpy as np
 
 from node.engine.batch import TokenBatch
-from node.engine.interface import ContextOverflow, Embeddings, ModelInfo
+from node.engine.interface import ContextOverflow, Embeddings
 from node.engine.model import LoadedModel
 
 MAX_SEQS_PER_DECODE = 16
@@ -34,18 +34,8 @@ class EmbeddingModel:
         self._memory = llama_cpp.llama_get_memory(self._ctx)
         self._batch = TokenBatch(self.n_ctx)
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"embed-{spec.id}")
-        self.info = ModelInfo(
-            id=spec.id,
-            aliases=spec.alias,
-            path=model.path,
-            embeddings=True,
-            n_ctx=self.n_ctx,
-            n_ctx_per_seq=self.n_ctx,
-            parallel=spec.parallel,
-            quant_type=model.quant_type,
-            n_params=model.n_params,
-            size_bytes=model.size_bytes,
-            n_embd=model.n_embd,
+        self.info = model.model_info(
+            embeddings=True, n_ctx=self.n_ctx, n_ctx_per_seq=self.n_ctx, parallel=spec.parallel
         )
 
     def tokenize(self, text: str) -> list[int]:

@@ -17,6 +17,7 @@ import llama_cpp
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
 from node.config import ModelSpec
+from node.engine.interface import ModelInfo
 
 log = logging.getLogger(__name__)
 
@@ -228,6 +229,24 @@ class LoadedModel:
         return bool(llama_cpp.llama_vocab_is_eog(self.vocab, token))
 
     # -- contexts ------------------------------------------------------------------------------
+
+    def model_info(
+        self, *, embeddings: bool, n_ctx: int, n_ctx_per_seq: int, parallel: int
+    ) -> ModelInfo:
+        """What clients are told about this model as served with these context settings."""
+        return ModelInfo(
+            id=self.spec.id,
+            aliases=self.spec.alias,
+            path=self.path,
+            embeddings=embeddings,
+            n_ctx=n_ctx,
+            n_ctx_per_seq=n_ctx_per_seq,
+            parallel=parallel,
+            quant_type=self.quant_type,
+            n_params=self.n_params,
+            size_bytes=self.size_bytes,
+            n_embd=self.n_embd,
+        )
 
     def context_params(
         self, *, n_ctx: int, n_seq_max: int, n_batch: int, embeddings: bool = False

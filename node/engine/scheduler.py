@@ -24,7 +24,6 @@ from node.engine.interface import (
     Finished,
     FinishReason,
     GenerationEvent,
-    ModelInfo,
     SamplingParams,
     TextDelta,
 )
@@ -86,18 +85,11 @@ class Scheduler:
         self._cond = threading.Condition()
         self._stopping = False
         self._admissions = 0
-        self.info = ModelInfo(
-            id=spec.id,
-            aliases=spec.alias,
-            path=model.path,
+        self.info = model.model_info(
             embeddings=False,
             n_ctx=self.n_ctx_per_seq * self.parallel,
             n_ctx_per_seq=self.n_ctx_per_seq,
             parallel=self.parallel,
-            quant_type=model.quant_type,
-            n_params=model.n_params,
-            size_bytes=model.size_bytes,
-            n_embd=model.n_embd,
         )
         self._thread = threading.Thread(target=self._run, name=f"engine-{spec.id}", daemon=True)
         self._thread.start()
