@@ -8,6 +8,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import httpx
 import uvicorn
 from starlette.types import ASGIApp
 
@@ -36,3 +37,12 @@ def serve_in_thread(app: ASGIApp) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(30)
+
+
+def read_events_then_hang_up(resp: httpx.Response, count: int) -> None:
+    """Read `count` SSE `data:` lines of a streamed response; the caller then disconnects."""
+    seen = 0
+    for line in resp.iter_lines():
+        seen += line.startswith("data: ")
+        if seen >= count:
+            return

@@ -23,7 +23,7 @@ import openai
 import pytest
 
 from node.meter import Meter
-from tests.api_fixtures import free_port
+from tests.api_fixtures import free_port, read_events_then_hang_up
 
 CHAT_ID = "smollm2-135m"
 EMBED_ID = "smollm2-135m-embed"
@@ -313,11 +313,7 @@ def test_disconnect_mid_stream_stops_generation_and_meters_cancelled(server: Ser
               "max_tokens": 400, "stream": True, "temperature": 0},
     ) as resp:  # fmt: skip
         request_id = resp.headers["x-request-id"]
-        seen = 0
-        for line in resp.iter_lines():
-            seen += line.startswith("data: ")
-            if seen >= 6:
-                break
+        read_events_then_hang_up(resp, 6)
     row = server.final_row(request_id)
     assert row["status"] == "cancelled"
     assert 4 <= row["completion_tokens"] < 400
@@ -427,11 +423,7 @@ def test_killed_node_leaves_interrupted_rows_with_checkpointed_tokens(tmp_path: 
                   "temperature": 0, "logit_bias": {"0": -100, "2": -100, "4": -100}},
         ) as resp:  # fmt: skip
             request_id = resp.headers["x-request-id"]
-            seen = 0
-            for line in resp.iter_lines():
-                seen += line.startswith("data: ")
-                if seen >= 40:
-                    break
+            read_events_then_hang_up(resp, 40)
             os.kill(process.pid, signal.SIGKILL)
         process.wait(10)
     finally:

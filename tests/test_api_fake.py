@@ -23,7 +23,7 @@ from node.api.app import create_app
 from node.api.metrics import NodeMetrics
 from node.meter import Meter
 from node.service import NodeService
-from tests.api_fixtures import serve_in_thread
+from tests.api_fixtures import read_events_then_hang_up, serve_in_thread
 from tests.fakes import FakeEmbedder, FakeEngine, FakeGpu, FakePool
 
 LIMIT = 64 * 1024  # body limit of this test server
@@ -522,11 +522,7 @@ def test_disconnect_mid_stream_cancels_and_meters_partial_tokens(node: Node) -> 
             headers={"Authorization": f"Bearer {node.secret}"},
         ) as resp:  # fmt: skip
             request_id = resp.headers["x-request-id"]
-            seen = 0
-            for line in resp.iter_lines():
-                seen += line.startswith("data: ")
-                if seen >= 5:
-                    break
+            read_events_then_hang_up(resp, 5)
         generation = node.engine.generations[-1]
         row = _wait_final(node, request_id)
     finally:
