@@ -53,9 +53,20 @@ def reference(default_gguf):
     llm.close()
 
 
-def reference_greedy(llm: Llama, tokens: list[int], max_tokens: int) -> tuple[str, int]:
+def reference_greedy(
+    llm: Llama, tokens: list[int], max_tokens: int, logit_bias: dict[int, float] | None = None
+) -> tuple[str, int]:
     out: list[int] = []
-    for token in llm.generate(tokens, temp=0.0, top_k=1, reset=True):
+    processor = None
+    if logit_bias:
+        bias = logit_bias
+
+        def processor(_ids, scores):  # the same bias as the engine's sampler applies
+            for token, value in bias.items():
+                scores[token] += value
+            return scores
+
+    for token in llm.generate(tokens, temp=0.0, top_k=1, reset=True, logits_processor=processor):
         if llama_cpp.llama_vocab_is_eog(llm._model.vocab, token):
             break
         out.append(token)
@@ -79,6 +90,37 @@ def test_greedy_batch_of_eight_matches_each_alone_and_high_level_llama(engine, r
         assert b.finished.counts.completion_tokens == ref_count
         assert b.finished.reason == ("length" if ref_count == MAX else "stop")
     assert len({r.text for r in batched}) == len(PROMPTS)  # really eight different answers
+
+
+def test_equal_length_prompts_arriving_together_share_one_decode_and_stay_exact(
+    default_gguf, reference
+):
+    engine = make_scheduler(default_gguf, n_ctx=4 * 512, parallel=4)  # empty KV: no reuse
+    prompts = [chat_tokens(engine, f"Name a {thing}.") for thing in ("color", "fruit", "bird")]
+    assert len({len(t) for t in prompts}) == 1  # same length: one group
+
+    async def together():
+        # Holding the scheduler's (reentrant) lock while submitting: all three are admitted in
+        # the same step, as a burst of requests is.
+        with engine._cond:
+            runs = [asyncio.ensure_future(collect(engine, t, greedy(MAX))) for t in prompts]
+            await asyncio.sleep(0)  # each task submits up to its first wait
+        return await asyncio.gather(*runs)
+
+    try:
+        batched = run(together())
+        # One decode of the three prompts gives each its first sampled token, then one decode
+        # per step for all that still generate; an end-of-generation token is sampled too.
+        sampled = [r.finished.counts.completion_tokens + (r.finished.reason == "stop")
+                   for r in batched]  # fmt: skip
+        assert engine.decode_calls == max(sampled)
+        for tokens, result in zip(prompts, batched, strict=True):
+            ref_text, ref_count = reference_greedy(reference, tokens, MAX)
+            assert result.text == ref_text
+            assert result.finished.counts.completion_tokens == ref_count
+        assert len({r.text for r in batched}) == 3
+    finally:
+        engine.close()
 
 
 def test_prompt_tokens_equal_the_tokenizer_count_of_the_rendered_template(engine, reference):

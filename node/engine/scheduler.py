@@ -85,6 +85,7 @@ class Scheduler:
         self._cond = threading.Condition()
         self._stopping = False
         self._admissions = 0
+        self.decode_calls = 0  # llama_decode calls so far (llama-server's n_decode_total)
         self.info = model.model_info(
             embeddings=False,
             n_ctx=self.n_ctx_per_seq * self.parallel,
@@ -206,11 +207,22 @@ class Scheduler:
             self._decode_generating(generating, events)
         # Prompt chunks, longest-waiting first, about one batch worth of tokens per step: new
         # requests get their first token soon while streaming ones wait at most ~one batch.
+        waiting = sorted(prefilling, key=lambda s: s.admitted_at)
         spent = 0
-        for slot in sorted(prefilling, key=lambda s: s.admitted_at):
-            if spent >= self.n_batch:
-                break
-            spent += self._decode_prompt_chunk(slot, events)
+        while waiting and spent < self.n_batch:
+            group = self._prompt_group(waiting)
+            waiting = [s for s in waiting if s not in group]
+            spent += self._decode_prompt_chunks(group, events)
+
+    def _chunk_size(self, slot: _Slot) -> int:
+        return min(len(slot.pending), self._prompt_batch.capacity)
+
+    def _prompt_group(self, waiting: list[_Slot]) -> list[_Slot]:
+        """The oldest waiting prompt and every other one whose next chunk has the same length,
+        as many as one batch holds, in seq-id order (a contiguous run is one micro-batch)."""
+        size = self._chunk_size(waiting[0])
+        same = [s for s in waiting if self._chunk_size(s) == size]
+        return sorted(same[: max(1, self._prompt_batch.capacity // size)], key=lambda s: s.seq_id)
 
     def _decode_generating(self, slots: list[_Slot], events: Events) -> None:
         """One token for every generating sequence, in seq-id order, in one decode."""
@@ -226,34 +238,50 @@ class Scheduler:
             assert request is not None
             self._on_token(slot, request.sampler.sample(self._ctx, index), events)
 
-    def _decode_prompt_chunk(self, slot: _Slot, events: Events) -> int:
-        """The next chunk of ONE prompt, decoded on its own.
+    def _decode_prompt_chunks(self, slots: list[_Slot], events: Events) -> int:
+        """The next chunk of each of these prompts (all the same length), in one decode.
 
-        llama.cpp's CPU attention takes a different kernel for a sequence with one token in a
-        micro-batch than for one with several, and a batch mixing prompts with one-token
-        sequences is split so that a prompt's first token lands in a one-token group. Either
-        way its logits change (by up to ~0.6 on SmolLM2) and greedy output would depend on
-        what a request was batched with. Decoded alone, a prompt chunk is computed exactly as
-        llama-cpp-python's `Llama` computes it; generation steps are one token per sequence
-        in both, so batched output is token-identical to unbatched.
+        Prompt chunks never share a decode with generating sequences. llama.cpp's CPU attention
+        takes a different kernel for a sequence with one token in a micro-batch than for one
+        with several, and a batch mixing prompts with one-token sequences is split so that a
+        prompt's first token lands in a one-token group. Either way its logits change (by up to
+        ~0.6 on SmolLM2) and greedy output would depend on what a request was batched with.
+        Chunks of equal length decoded together are split into micro-batches of equal tokens
+        per sequence, so each prompt is computed exactly as llama-cpp-python's `Llama` computes
+        it alone (bit for bit, checked on Q4_0, Q4_1, Q5_K_M and Q8_0); generation steps are
+        one token per sequence in both, so batched output is token-identical to unbatched.
+        Returns the number of prompt tokens decoded.
         """
         batch = self._prompt_batch
         batch.clear()
-        chunk = slot.pending[: batch.capacity]
-        done = len(chunk) == len(slot.pending)
-        index = batch.add_run(chunk, len(slot.cache), slot.seq_id, done)
-        if not self._decode(batch, [slot], events):
-            return len(chunk)
-        slot.cache.extend(chunk)
-        del slot.pending[: len(chunk)]
-        if done:
-            request = slot.request
-            assert request is not None
-            self._on_token(slot, request.sampler.sample(self._ctx, index), events)
-        return len(chunk)
+        size = self._chunk_size(slots[0])
+        last = [
+            batch.add_run(
+                slot.pending[:size], len(slot.cache), slot.seq_id, size == len(slot.pending)
+            )
+            for slot in slots
+        ]
+        if len(slots) > 1 and self._llama_decode(batch) != 0:
+            # Find the culprit (e.g. a token id the model lacks): each alone, so only it fails.
+            return sum(self._decode_prompt_chunks([slot], events) for slot in slots)
+        if len(slots) == 1 and not self._decode(batch, slots, events):
+            return size
+        for slot, index in zip(slots, last, strict=True):
+            slot.cache.extend(slot.pending[:size])
+            del slot.pending[:size]
+            if not slot.pending:
+                request = slot.request
+                assert request is not None
+                self._on_token(slot, request.sampler.sample(self._ctx, index), events)
+        return size * len(slots)
+
+    def _llama_decode(self, batch: TokenBatch) -> int:
+        self.decode_calls += 1
+        return batch.decode(self._ctx)
 
     def _decode(self, batch: TokenBatch, slots: list[_Slot], events: Events) -> bool:
-        rc = batch.decode(self._ctx)
+        """Decode; on failure finish these slots with an error. True when it worked."""
+        rc = self._llama_decode(batch)
         if rc == 0:
             return True
         reason = f"llama_decode failed with status {rc}"
