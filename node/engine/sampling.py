@@ -10,6 +10,7 @@ import numpy as np
 
 from node.engine.interface import SamplingParams
 from node.engine.model import LoadedModel
+from node.engine.softmax_draw import SoftmaxDraw
 
 PENALTY_LAST_N = 64  # tokens looked back for repeat / frequency / presence penalties
 _MAX_SEED = 0xFFFFFFFF  # llama.cpp's LLAMA_DEFAULT_SEED means "random": never pass it through
@@ -25,8 +26,10 @@ def resolve_seed(seed: int | None) -> int:
 class SequenceSampler:
     """logit bias → penalties → grammar → top-k → top-p → min-p → temperature → dist(seed).
 
-    Greedy (argmax after bias, penalties and grammar) when temperature is 0. Owned by one
-    sequence; `sample` both picks the token and feeds it back to the penalties and grammar.
+    Greedy (argmax after bias, penalties and grammar) when temperature is 0. OpenAI's default
+    (a temperature and at most a logit bias) is a plain softmax draw, done by `SoftmaxDraw`;
+    everything else is a llama.cpp sampler chain. Owned by one sequence; `sample` both picks
+    the token and feeds it back to the penalties and grammar.
     """
 
     def __init__(self, model: LoadedModel, params: SamplingParams) -> None:
@@ -34,6 +37,7 @@ class SequenceSampler:
         self._penalties: llama_cpp.llama_sampler_p | None = None  # owned by the chain
         self._grammar: llama_cpp.llama_sampler_p | None = None  # owned by this object
         self._candidates: _Candidates | None = None
+        self._draw: SoftmaxDraw | None = None
         self._chain = llama_cpp.llama_sampler_chain_init(
             llama_cpp.llama_sampler_chain_default_params()
         )
@@ -50,10 +54,13 @@ class SequenceSampler:
 
     def _build(self, model: LoadedModel, p: SamplingParams) -> None:
         n_vocab = model.n_vocab
+        for token in p.logit_bias or {}:
+            if not 0 <= int(token) < n_vocab:
+                raise ValueError(f"logit_bias token {token} is not in the vocabulary")
+        if _plain_softmax(p):
+            self._draw = SoftmaxDraw(n_vocab, p.temperature, p.logit_bias or {}, self.seed)
+            return
         if p.logit_bias:
-            for token in p.logit_bias:
-                if not 0 <= int(token) < n_vocab:
-                    raise ValueError(f"logit_bias token {token} is not in the vocabulary")
             biases = (llama_cpp.llama_logit_bias * len(p.logit_bias))()
             for slot, (token, bias) in zip(biases, p.logit_bias.items(), strict=True):
                 slot.token = int(token)
@@ -103,6 +110,8 @@ class SequenceSampler:
 
     def sample(self, ctx: llama_cpp.llama_context_p, index: int) -> int:
         """Pick a token from the logits of batch position `index` and accept it."""
+        if self._draw is not None:
+            return self._draw(llama_cpp.llama_get_logits_ith(ctx, index))
         if self._grammar is not None:
             return self._sample_constrained(ctx, index)
         return llama_cpp.llama_sampler_sample(self._chain, ctx, index)
@@ -136,6 +145,20 @@ class SequenceSampler:
         if self._grammar is not None:
             llama_cpp.llama_sampler_free(self._grammar)
             self._grammar = None
+
+
+def _plain_softmax(p: SamplingParams) -> bool:
+    """A temperature and nothing that needs llama.cpp's samplers (a bias is fine)."""
+    return (
+        p.temperature > 0.0
+        and not p.grammar
+        and p.top_k <= 0
+        and p.top_p >= 1.0
+        and p.min_p <= 0.0
+        and p.repeat_penalty == 1.0
+        and p.frequency_penalty == 0.0
+        and p.presence_penalty == 0.0
+    )
 
 
 _TOKEN_DATA = np.dtype([("id", np.int32), ("logit", np.float32), ("p", np.float32)])
