@@ -85,6 +85,8 @@ class ModelPool(Protocol):
 
     def infos(self) -> list[ModelInfo]: ...
 
+    def decode_calls(self) -> int: ...
+
     def close(self) -> None: ...
 
 
@@ -232,6 +234,10 @@ class NodeService:
     def models(self) -> list[ModelInfo]:
         self.check_ready()
         return self.pool.infos()
+
+    def decode_calls(self) -> int:
+        """llama_decode calls of every model so far (0 while loading)."""
+        return self.pool.decode_calls()
 
     def model(self, name: str) -> ModelInfo:
         self.check_ready()

@@ -72,6 +72,7 @@ class FakeGeneration:
                     yield Finished("error", self._counts.copy(), "fake failure")
                     return
                 word = f"w{i}"
+                engine.decode_calls += 1
                 self._counts.completion_tokens += 1
                 if word in self._params.stop:
                     yield Finished("stop", self._counts.copy())
@@ -99,6 +100,7 @@ class FakeEngine:
         self.raise_after: int | None = None  # then the iterator raises (a bug)
         self.submitted: list[SamplingParams] = []
         self.generations: list[FakeGeneration] = []
+        self.decode_calls = 0  # one per fake token (each generation decodes alone)
 
     def render_chat(self, messages: Sequence[Mapping[str, str]]) -> str:
         if any(m["role"] == "tool" for m in messages):
@@ -135,11 +137,13 @@ class FakeEmbedder:
 
     def __init__(self, name: str = "fake-embed") -> None:
         self.info = fake_info(name, embeddings=True, n_ctx=32)
+        self.decode_calls = 0
 
     def tokenize(self, text: str) -> list[int]:
         return [len(word) for word in text.split()]
 
     async def embed(self, texts: Sequence[str]) -> Embeddings:
+        self.decode_calls += 1
         vectors = []
         for text in texts:
             raw = [float(len(text)), float(len(text.split())), 1.0, 0.0]
@@ -193,6 +197,9 @@ class FakePool:
 
     def infos(self) -> list[ModelInfo]:
         return [e.info for e in self.engines]
+
+    def decode_calls(self) -> int:
+        return sum(e.decode_calls for e in self.engines)
 
     def close(self) -> None:
         pass

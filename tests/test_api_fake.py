@@ -642,10 +642,18 @@ def _wait_final(node: Node, request_id: str) -> dict:
 # --- health, metrics, openapi ---------------------------------------------------------------
 
 
+def _metric(text: str, name: str) -> float:
+    found = re.search(rf"^{re.escape(name)} (\S+)$", text, flags=re.MULTILINE)
+    assert found, name
+    return float(found.group(1))
+
+
 def test_health_metrics_and_openapi(node: Node) -> None:
     assert httpx.get(f"{node.url}/health").json() == {"status": "ok"}
+    decodes = _metric(httpx.get(f"{node.url}/metrics").text, "llamacpp:n_decode_total")
     node.client().chat.completions.create(**CHAT, max_tokens=2)  # labelled series exist
     text = httpx.get(f"{node.url}/metrics").text
+    assert _metric(text, "llamacpp:n_decode_total") == decodes + 2  # the fake decodes per token
     for name in (
         "llamacpp:prompt_tokens_total",
         "llamacpp:tokens_predicted_total",

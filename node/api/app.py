@@ -81,4 +81,5 @@ def create_app(
     )
     app.state.service = service
     app.state.metrics = node_metrics
+    node_metrics.count_decodes(service.decode_calls)
     return RequestContext(app, max_body_bytes=max_body_bytes)

@@ -2,8 +2,8 @@
 work, plus per-model / per-key token counters and latency histograms.
 
 Each app has its own `CollectorRegistry` (several apps may live in one test process).
-Approximations, documented: `llamacpp:n_decode_total` counts completion tokens (one decode step
-per token of a sequence; the engine shares steps between sequences but does not expose them),
+`llamacpp:n_decode_total` is read from the engines when scraped: their `llama_decode` calls, one
+per batched step however many sequences it carries. Approximations, documented:
 `llamacpp:requests_deferred` counts admitted requests that have not produced a token yet
 (queued or in prompt processing), and prompt time is the time to the first token.
 """
@@ -11,9 +11,12 @@ per token of a sequence; the engine shares steps between sequences but does not 
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable, Iterator
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.exposition import generate_latest
+from prometheus_client.registry import Collector
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -38,9 +41,8 @@ class NodeMetrics:
         self.predicted_seconds = Counter(
             "llamacpp:tokens_predicted_seconds", "Predict process time.", registry=r
         )
-        self.n_decode = Counter(
-            "llamacpp:n_decode", "Decode steps (approximated by completion tokens).", registry=r
-        )
+        self._decode_calls: Callable[[], int] = lambda: 0
+        r.register(_DecodeCalls(lambda: self._decode_calls()))
         self.prompt_tps = Gauge(
             "llamacpp:prompt_tokens_seconds", "Average prompt throughput in tokens/s.", registry=r
         )
@@ -96,6 +98,10 @@ class NodeMetrics:
         self._prompt = [0, 0.0]
         self._predicted = [0, 0.0]
 
+    def count_decodes(self, source: Callable[[], int]) -> None:
+        """Where `llamacpp:n_decode_total` comes from: the engines' llama_decode calls."""
+        self._decode_calls = source
+
     # UsageObserver ---------------------------------------------------------------------------
 
     def started(self, model: str) -> None:
@@ -122,7 +128,6 @@ class NodeMetrics:
         self.processing.dec()
         self.prompt_tokens.inc(counts.prompt_tokens)
         self.tokens_predicted.inc(counts.completion_tokens)
-        self.n_decode.inc(counts.completion_tokens)
         prefill = prefill_seconds if prefill_seconds is not None else seconds
         decode = max(seconds - prefill, 0.0) if counts.completion_tokens else 0.0
         self.prompt_seconds.inc(prefill)
@@ -146,6 +151,16 @@ class NodeMetrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _DecodeCalls(Collector):
+    def __init__(self, source: Callable[[], int]) -> None:
+        self._source = source
+
+    def collect(self) -> Iterator[Metric]:
+        yield CounterMetricFamily(
+            "llamacpp:n_decode", "Number of llama_decode() calls.", value=self._source()
+        )
 
 
 async def metrics(request: Request) -> Response:

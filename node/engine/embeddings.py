@@ -26,6 +26,7 @@ class EmbeddingModel:
         self.n_ctx = spec.n_ctx
         # Pooling needs a whole input inside one micro-batch, so the batch is the full context.
         self._n_seqs = MAX_SEQS_PER_DECODE
+        self.decode_calls = 0
         self._ctx = model.new_context(
             model.context_params(
                 n_ctx=self.n_ctx, n_seq_max=self._n_seqs, n_batch=self.n_ctx, embeddings=True
@@ -78,6 +79,7 @@ class EmbeddingModel:
                 batch.add_run(tokens, 0, seq_id, True)
                 batch.output[batch.n - len(tokens) : batch.n] = 1  # pooling reads every token
         if batch.n:
+            self.decode_calls += 1
             rc = batch.decode(self._ctx)
             if rc != 0:
                 raise RuntimeError(f"llama_decode failed with status {rc}")

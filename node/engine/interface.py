@@ -123,6 +123,7 @@ class GenerationEngine(Protocol):
     """One loaded generation model with its own scheduler thread."""
 
     info: ModelInfo
+    decode_calls: int  # llama_decode calls so far (llama-server's `n_decode_total`)
 
     def render_chat(self, messages: Sequence[Mapping[str, str]]) -> str:
         """The chat template applied with the generation prompt; raises ValueError if it fails."""
@@ -145,6 +146,7 @@ class GenerationEngine(Protocol):
 
 class EmbeddingEngine(Protocol):
     info: ModelInfo
+    decode_calls: int
 
     def tokenize(self, text: str) -> list[int]: ...
 

@@ -73,6 +73,11 @@ class ModelPool:
         with self._lock:
             return [engine.info for engine in self._engines]
 
+    def decode_calls(self) -> int:
+        """llama_decode calls of every loaded model so far."""
+        with self._lock:
+            return sum(engine.decode_calls for engine in self._engines)
+
     def close(self) -> None:
         self._ready = False
         with self._lock:
