@@ -310,7 +310,8 @@ def test_disconnect_mid_stream_stops_generation_and_meters_cancelled(server: Ser
     with httpx.stream(
         "POST", f"{server.url}/v1/chat/completions", headers=server.auth(), timeout=60,
         json={"model": CHAT_ID, "messages": [{"role": "user", "content": "Count to 1000."}],
-              "max_tokens": 400, "stream": True, "temperature": 0},
+              "max_tokens": 400, "stream": True, "temperature": 0,
+              "logit_bias": {"0": -100, "2": -100, "4": -100}},  # no early end: 400 or a hang-up
     ) as resp:  # fmt: skip
         request_id = resp.headers["x-request-id"]
         read_events_then_hang_up(resp, 6)
@@ -353,6 +354,7 @@ def test_burst_usage_equals_meter_rows_equals_prometheus(server: Server) -> None
             for _ in range(2)]  # fmt: skip
     results: list[tuple[str, str, dict]] = []  # (key id, request id, usage)
     errors: list[BaseException] = []
+    decodes_before = server.metric("llamacpp:n_decode_total")
 
     def one(i: int) -> None:
         key = keys[i % 2]
@@ -409,6 +411,11 @@ def test_burst_usage_equals_meter_rows_equals_prometheus(server: Server) -> None
             "llm_node_completion_tokens_total", f'{{key_id="{key["id"]}",model="{CHAT_ID}"}}'
         )
         assert (prom_prompt, prom_completion) == (client_prompt, client_completion)
+    # llama_decode calls: at least one per token of the longest answer, and fewer than all
+    # completion tokens together, since the twelve generations started together share steps.
+    decodes = server.metric("llamacpp:n_decode_total") - decodes_before
+    completions = [u.get("completion_tokens", 0) for _, _, u in results]
+    assert max(completions) <= decodes < sum(completions)
 
 
 def test_killed_node_leaves_interrupted_rows_with_checkpointed_tokens(tmp_path: Path) -> None:

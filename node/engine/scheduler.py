@@ -1,9 +1,9 @@
 """Continuous batching: one thread per model owns the llama context and its `parallel` slots.
 
-Each step admits waiting requests into free slots, decodes one token of every generating
-sequence in ONE `llama_decode`, samples every sequence with its own sampler chain, then decodes
-prompt chunks of newly admitted sequences (each on its own, about one batch of tokens per step),
-and hands the text back to the event loop.
+Each step admits waiting requests into free slots, decodes prompt chunks of newly admitted
+sequences (about one batch of tokens per step; chunks of equal length together), then one token
+of every generating sequence in ONE `llama_decode`, samples every sequence with its own sampler
+chain, and hands the text back to the event loop.
 """
 
 from __future__ import annotations
@@ -201,18 +201,21 @@ class Scheduler:
                 self._finish(slot, "cancelled", events, drop_kv=True)
         for request in admitted:
             self._admit(request)
-        generating = [s for s in self._slots if s.request is not None and not s.pending]
-        prefilling = [s for s in self._slots if s.request is not None and s.pending]
-        if generating:
-            self._decode_generating(generating, events)
-        # Prompt chunks, longest-waiting first, about one batch worth of tokens per step: new
-        # requests get their first token soon while streaming ones wait at most ~one batch.
-        waiting = sorted(prefilling, key=lambda s: s.admitted_at)
+        # Prompt chunks first, longest-waiting first, about one batch worth of tokens per step:
+        # a new request gets its first token this step (and its second in the decode below),
+        # while streaming ones wait at most ~one batch for theirs.
+        waiting = sorted(
+            (s for s in self._slots if s.request is not None and s.pending),
+            key=lambda s: s.admitted_at,
+        )
         spent = 0
         while waiting and spent < self.n_batch:
             group = self._prompt_group(waiting)
             waiting = [s for s in waiting if s not in group]
             spent += self._decode_prompt_chunks(group, events)
+        generating = [s for s in self._slots if s.request is not None and not s.pending]
+        if generating:
+            self._decode_generating(generating, events)
 
     def _chunk_size(self, slot: _Slot) -> int:
         return min(len(slot.pending), self._prompt_batch.capacity)
