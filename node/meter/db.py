@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
+import time
 
 from sqlite_utils import Database
 
@@ -34,24 +35,40 @@ def connect(
     return conn
 
 
-def migrate(conn: sqlite3.Connection) -> None:
-    """Apply pending migrations under the write lock; a no-op (no write) when none are pending."""
-    try:
-        db = Database(conn, execute_plugins=False)
-        if not migrations.pending(db):
-            return
-        conn.execute("PRAGMA journal_mode = WAL")
-        conn.execute("BEGIN IMMEDIATE")
+def migrate(conn: sqlite3.Connection, busy_timeout_s: float) -> None:
+    """Apply pending migrations under the write lock; a no-op (no write) when none are pending.
+
+    Several processes may open a new file at once. SQLite answers some of the lock upgrades
+    this needs (the switch to WAL above all) with "database is locked" at once instead of
+    waiting out the busy timeout, to avoid deadlocks; those are retried until it has passed.
+    """
+    deadline = time.monotonic() + busy_timeout_s
+    while True:
         try:
-            # Another process may have migrated while we waited for the lock.
-            migrations.apply(db)  # nested in our transaction: sqlite-utils uses savepoints
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
-    except sqlite3.Error as exc:
-        raise MeterUnavailable(f"cannot prepare the meter database: {exc}") from exc
+            _migrate_once(conn)
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise MeterUnavailable(f"cannot prepare the meter database: {exc}") from exc
+            time.sleep(0.01)
+        except sqlite3.Error as exc:
+            raise MeterUnavailable(f"cannot prepare the meter database: {exc}") from exc
+
+
+def _migrate_once(conn: sqlite3.Connection) -> None:
+    db = Database(conn, execute_plugins=False)
+    if not migrations.pending(db):
+        return
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        # Another process may have migrated while we waited for the lock.
+        migrations.apply(db)  # nested in our transaction: sqlite-utils uses savepoints
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
 
 
 class Readers:

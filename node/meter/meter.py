@@ -58,7 +58,7 @@ class Meter:
         self._clock = clock
         conn = connect(path, busy_timeout_s, synchronous=synchronous.upper())
         try:
-            migrate(conn)
+            migrate(conn, busy_timeout_s)
             _ensure_wal(conn)
             conn.execute("PRAGMA wal_autocheckpoint = 0")  # the checkpointer thread does it
             if max_size_bytes is not None:
