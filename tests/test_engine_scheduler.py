@@ -253,6 +253,31 @@ def test_prefix_reuse_reports_cached_tokens_and_same_output(engine):
     assert third.finished.counts.cached_tokens >= len(tokens)
 
 
+def test_a_prefix_another_busy_slot_holds_is_copied_not_recomputed(default_gguf, reference):
+    engine = make_scheduler(default_gguf, n_ctx=2 * 512, parallel=2)
+    tokens = chat_tokens(engine, "Describe a lighthouse keeper's day during a winter storm.")
+    endless = SamplingParams(temperature=0.0, max_tokens=200, logit_bias=NO_EOG_BIAS)
+
+    async def scenario():
+        first = engine.submit(tokens, endless)
+        events = first.__aiter__()  # kept: a dropped iterator cancels its generation
+        await events.__anext__()  # its prompt is in slot 0's KV; it keeps going
+        second = await collect(engine, tokens, greedy(MAX))  # slot 1 borrows the prefix
+        first.cancel()
+        async for _ in events:
+            pass
+        return second
+
+    try:
+        second = run(scenario())
+    finally:
+        engine.close()
+    assert second.finished.counts.cached_tokens == len(tokens) - 2  # two left to decode
+    ref_text, ref_count = reference_greedy(reference, tokens, MAX)
+    assert second.text == ref_text
+    assert second.finished.counts.completion_tokens == ref_count
+
+
 def test_full_queue_raises_engine_busy(default_gguf):
     engine = make_scheduler(default_gguf, n_ctx=256, parallel=1, max_queue=1)
     try:

@@ -295,14 +295,14 @@ class Scheduler:
 
     def _admit(self, request: Request) -> None:
         """Put a request into a free slot: the one whose KV shares a worthwhile prefix with it,
-        else the lowest free one.
+        else the lowest free one; then, if another slot holds a longer prefix, copy its KV.
 
         Low slots first keeps the active sequence ids contiguous: llama.cpp decodes a
         non-contiguous set of sequences in several micro-batches, one per contiguous run.
         """
         prompt = request.prompt
         # Leave at least two prompt tokens to decode: a one-token chunk takes another kernel
-        # than the whole prompt would (see `_decode_prompt_chunk`).
+        # than the whole prompt would (see `_decode_prompt_chunks`).
         reusable = max(len(prompt) - 2, 0)
         best: _Slot | None = None
         best_key = (-1, 0)
@@ -317,11 +317,12 @@ class Scheduler:
         assert best is not None, "admitted without a free slot"
         slot = best
         keep = min(_common_prefix(slot.cache, prompt), reusable)
-        if keep < len(slot.cache):
+        if not self._copy_prefix(slot, prompt, keep, reusable) and keep < len(slot.cache):
             if not llama_cpp.llama_memory_seq_rm(self._memory, slot.seq_id, keep, -1):
                 llama_cpp.llama_memory_seq_rm(self._memory, slot.seq_id, -1, -1)
                 keep = 0
             del slot.cache[keep:]
+        keep = len(slot.cache)
         request.live_counts.cached_tokens = keep
         slot.request = request
         slot.pending = request.prompt[keep:]
@@ -329,6 +330,31 @@ class Scheduler:
         slot.stream = TextStream(request.params.stop)
         self._admissions += 1
         slot.admitted_at = self._admissions
+
+    def _copy_prefix(self, slot: _Slot, prompt: list[int], keep: int, reusable: int) -> bool:
+        """Give `slot` the KV of another slot (busy or not) that holds a worthwhile longer
+        prefix of `prompt`, e.g. a system prompt many clients share. True if it did.
+
+        The KV is copied, not recomputed, so the prompt's logits are bit for bit those of
+        computing it alone. llama.cpp copies a whole sequence stream (~24 MB for SmolLM2 at
+        1024 tokens, a few ms), so the copy must save a worthwhile number of tokens.
+        """
+        donor, shared = None, keep
+        for other in self._slots:
+            if other is not slot:
+                n = min(_common_prefix(other.cache, prompt), reusable)
+                if n > shared:
+                    donor, shared = other, n
+        gain = shared - keep
+        if donor is None or not (gain >= MIN_REUSE or 2 * gain >= len(prompt)):
+            return False
+        llama_cpp.llama_memory_seq_cp(self._memory, donor.seq_id, slot.seq_id, -1, -1)
+        if not llama_cpp.llama_memory_seq_rm(self._memory, slot.seq_id, shared, -1):
+            llama_cpp.llama_memory_seq_rm(self._memory, slot.seq_id, -1, -1)
+            slot.cache = []
+            return True
+        slot.cache = donor.cache[:shared]
+        return True
 
     def _on_token(self, slot: _Slot, token: int, events: Events) -> None:
         request = slot.request
