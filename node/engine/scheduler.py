@@ -233,7 +233,9 @@ class Scheduler:
         batch.clear()
         for slot in slots:
             batch.add(slot.next_token, len(slot.cache), slot.seq_id, True)
-        if not self._decode(batch, slots, events):
+        rc = self._llama_decode(batch)
+        if rc != 0:
+            self._fail_decode(rc, slots, events)
             return
         for index, slot in enumerate(slots):
             slot.cache.append(slot.next_token)
@@ -264,10 +266,12 @@ class Scheduler:
             )
             for slot in slots
         ]
-        if len(slots) > 1 and self._llama_decode(batch) != 0:
+        rc = self._llama_decode(batch)
+        if rc != 0 and len(slots) > 1:
             # Find the culprit (e.g. a token id the model lacks): each alone, so only it fails.
             return sum(self._decode_prompt_chunks([slot], events) for slot in slots)
-        if len(slots) == 1 and not self._decode(batch, slots, events):
+        if rc != 0:
+            self._fail_decode(rc, slots, events)
             return size
         for slot, index in zip(slots, last, strict=True):
             slot.cache.extend(slot.pending[:size])
@@ -282,16 +286,12 @@ class Scheduler:
         self.decode_calls += 1
         return batch.decode(self._ctx)
 
-    def _decode(self, batch: TokenBatch, slots: list[_Slot], events: Events) -> bool:
-        """Decode; on failure finish these slots with an error. True when it worked."""
-        rc = self._llama_decode(batch)
-        if rc == 0:
-            return True
+    def _fail_decode(self, rc: int, slots: list[_Slot], events: Events) -> None:
+        """Finish the slots of a failed `llama_decode` with an error."""
         reason = f"llama_decode failed with status {rc}"
         log.error("model %s: %s", self.info.id, reason)
         for slot in slots:
             self._finish(slot, "error", events, drop_kv=True, error=reason)
-        return False
 
     def _admit(self, request: Request) -> None:
         """Put a request into a free slot: the one whose KV shares a worthwhile prefix with it,
@@ -317,11 +317,8 @@ class Scheduler:
         assert best is not None, "admitted without a free slot"
         slot = best
         keep = min(_common_prefix(slot.cache, prompt), reusable)
-        if not self._copy_prefix(slot, prompt, keep, reusable) and keep < len(slot.cache):
-            if not llama_cpp.llama_memory_seq_rm(self._memory, slot.seq_id, keep, -1):
-                llama_cpp.llama_memory_seq_rm(self._memory, slot.seq_id, -1, -1)
-                keep = 0
-            del slot.cache[keep:]
+        if not self._copy_prefix(slot, prompt, keep, reusable):
+            self._trim(slot, keep)
         keep = len(slot.cache)
         request.live_counts.cached_tokens = keep
         slot.request = request
@@ -349,12 +346,18 @@ class Scheduler:
         if donor is None or not (gain >= MIN_REUSE or 2 * gain >= len(prompt)):
             return False
         llama_cpp.llama_memory_seq_cp(self._memory, donor.seq_id, slot.seq_id, -1, -1)
-        if not llama_cpp.llama_memory_seq_rm(self._memory, slot.seq_id, shared, -1):
-            llama_cpp.llama_memory_seq_rm(self._memory, slot.seq_id, -1, -1)
-            slot.cache = []
-            return True
-        slot.cache = donor.cache[:shared]
+        slot.cache = list(donor.cache)
+        self._trim(slot, shared)
         return True
+
+    def _trim(self, slot: _Slot, keep: int) -> None:
+        """Drop the slot's KV from position `keep` on (all of it if llama.cpp cannot cut)."""
+        if keep >= len(slot.cache):
+            return
+        if not llama_cpp.llama_memory_seq_rm(self._memory, slot.seq_id, keep, -1):
+            llama_cpp.llama_memory_seq_rm(self._memory, slot.seq_id, -1, -1)
+            keep = 0
+        del slot.cache[keep:]
 
     def _on_token(self, slot: _Slot, token: int, events: Events) -> None:
         request = slot.request
