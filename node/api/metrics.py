@@ -41,8 +41,8 @@ class NodeMetrics:
         self.predicted_seconds = Counter(
             "llamacpp:tokens_predicted_seconds", "Predict process time.", registry=r
         )
-        self._decode_calls: Callable[[], int] = lambda: 0
-        r.register(_DecodeCalls(lambda: self._decode_calls()))
+        self._decodes = _DecodeCalls()
+        r.register(self._decodes)
         self.prompt_tps = Gauge(
             "llamacpp:prompt_tokens_seconds", "Average prompt throughput in tokens/s.", registry=r
         )
@@ -100,7 +100,7 @@ class NodeMetrics:
 
     def count_decodes(self, source: Callable[[], int]) -> None:
         """Where `llamacpp:n_decode_total` comes from: the engines' llama_decode calls."""
-        self._decode_calls = source
+        self._decodes.source = source
 
     # UsageObserver ---------------------------------------------------------------------------
 
@@ -154,12 +154,14 @@ class NodeMetrics:
 
 
 class _DecodeCalls(Collector):
-    def __init__(self, source: Callable[[], int]) -> None:
-        self._source = source
+    """`llamacpp:n_decode_total`, read from `source` at every scrape (0 until it is set)."""
+
+    def __init__(self) -> None:
+        self.source: Callable[[], int] = lambda: 0
 
     def collect(self) -> Iterator[Metric]:
         yield CounterMetricFamily(
-            "llamacpp:n_decode", "Number of llama_decode() calls.", value=self._source()
+            "llamacpp:n_decode", "Number of llama_decode() calls.", value=self.source()
         )
 
 
