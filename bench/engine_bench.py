@@ -24,7 +24,7 @@ from pathlib import Path
 from llama_cpp import Llama
 
 from node.config import ModelSpec, embedded_model_path
-from node.engine.interface import SamplingParams, TextDelta
+from node.engine.interface import ChatMessage, SamplingParams, TextDelta
 from node.engine.model import LoadedModel, physical_cores
 from node.engine.scheduler import Scheduler
 
@@ -48,9 +48,7 @@ class Run:
 
 def prompts(engine: Scheduler, n: int) -> list[list[int]]:
     return [
-        engine.tokenize(
-            engine.render_chat([{"role": "user", "content": f"Write a story about {topic}."}])
-        )
+        engine.tokenize(engine.render_chat([ChatMessage("user", f"Write a story about {topic}.")]))
         for topic in (TOPICS * 4)[:n]
     ]
 

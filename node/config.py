@@ -35,6 +35,7 @@ class ModelSpec(BaseModel):
     n_gpu_layers: int = Field(default=-1, ge=-1)
     embeddings: bool = False
     chat_template: str | None = None
+    tool_format: str | None = None  # overrides the format detected from the chat template
     n_threads: int | None = Field(default=None, ge=1)
     n_batch: int = Field(default=512, ge=1)
     flash_attn: bool = False

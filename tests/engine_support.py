@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from node.config import ModelSpec
-from node.engine.interface import Finished, SamplingParams, TextDelta
+from node.engine.interface import ChatMessage, Finished, SamplingParams, TextDelta
 from node.engine.model import LoadedModel
 from node.engine.scheduler import Scheduler
 
@@ -32,7 +32,7 @@ def make_scheduler(
 
 
 def chat_tokens(engine: Scheduler, content: str) -> list[int]:
-    return engine.tokenize(engine.render_chat([{"role": "user", "content": content}]))
+    return engine.tokenize(engine.render_chat([ChatMessage("user", content)]))
 
 
 @dataclass

@@ -7,23 +7,31 @@ whitespace-separated words; the reply to any prompt is `w0 w1 w2 ...`, one word 
 from __future__ import annotations
 
 import asyncio
+import math
 import threading
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from node.config import ModelSpec
 from node.engine.interface import (
+    ChatMessage,
     ContextOverflow,
     Embeddings,
     EngineBusy,
     Finished,
     GenerationEvent,
     ModelInfo,
+    SampledLogprob,
     SamplingParams,
     TextDelta,
     TokenCounts,
+    TokenLogprob,
+    Tool,
 )
+
+FAKE_VOCAB = 1000
 
 
 def fake_info(name: str, *, embeddings: bool = False, n_ctx: int = 64) -> ModelInfo:
@@ -39,6 +47,7 @@ def fake_info(name: str, *, embeddings: bool = False, n_ctx: int = 64) -> ModelI
         n_params=1000,
         size_bytes=2000,
         n_embd=4,
+        n_vocab=FAKE_VOCAB,
     )
 
 
@@ -53,6 +62,15 @@ class FakeGeneration:
     @property
     def counts(self) -> TokenCounts:
         return self._counts
+
+    def _logprobs(self, i: int, text: str) -> tuple[SampledLogprob, ...] | None:
+        """Token i has probability 1/2; the top list is it, then `x` at 1/4, `y` at 1/8..."""
+        n_top = self._params.logprobs
+        if n_top is None:
+            return None
+        top = [TokenLogprob(i, text.encode(), math.log(0.5))]
+        top += [TokenLogprob(900 + k, b"xyz"[k : k + 1], math.log(0.25 / 2**k)) for k in range(3)]
+        return (SampledLogprob(i, text.encode(), math.log(0.5), tuple(top[:n_top])),)
 
     def cancel(self) -> None:
         self._cancelled = True
@@ -75,16 +93,14 @@ class FakeGeneration:
                 engine.decode_calls += 1
                 self._counts.completion_tokens += 1
                 if word in self._params.stop:
-                    yield Finished("stop", self._counts.copy())
+                    yield Finished("word", self._counts.copy(), stop_word=word)
                     return
-                yield TextDelta(word if i == 0 else f" {word}")
-            reason = "length" if self._params.max_tokens else "stop"
+                text = word if i == 0 else f" {word}"
+                yield TextDelta(text, (i,), self._logprobs(i, text))
+            reason = "length" if self._params.max_tokens else "eos"
             yield Finished(reason, self._counts.copy())
         finally:
             engine.active -= 1
-
-
-FAKE_VOCAB = 1000
 
 
 class FakeEngine:
@@ -102,10 +118,18 @@ class FakeEngine:
         self.generations: list[FakeGeneration] = []
         self.decode_calls = 0  # one per fake token (each generation decodes alone)
 
-    def render_chat(self, messages: Sequence[Mapping[str, str]]) -> str:
-        if any(m["role"] == "tool" for m in messages):
-            raise ValueError("this template has no tool role")
-        return " ".join(f"<{m['role']}> {m['content']}" for m in messages) + " <assistant>"
+    chat_template: str | None = None
+
+    def render_chat(
+        self,
+        messages: Sequence[ChatMessage],
+        *,
+        tools: Sequence[Tool] = (),
+        template_kwargs: Mapping[str, Any] | None = None,
+    ) -> str:
+        if any(m.content == "break the template" for m in messages):
+            raise ValueError("the template cannot render this")
+        return " ".join(f"<{m.role}> {m.content}" for m in messages) + " <assistant>"
 
     def tokenize(self, text: str) -> list[int]:
         return [len(word) for word in text.split()]
@@ -142,14 +166,16 @@ class FakeEmbedder:
     def tokenize(self, text: str) -> list[int]:
         return [len(word) for word in text.split()]
 
-    async def embed(self, texts: Sequence[str]) -> Embeddings:
+    async def embed(self, texts: Sequence[str | Sequence[int]]) -> Embeddings:
         self.decode_calls += 1
         vectors = []
-        for text in texts:
+        for item in texts:
+            text = item if isinstance(item, str) else " ".join("x" * t for t in item)
             raw = [float(len(text)), float(len(text.split())), 1.0, 0.0]
             norm = sum(v * v for v in raw) ** 0.5
             vectors.append([v / norm for v in raw])
-        return Embeddings(vectors, sum(len(self.tokenize(t)) for t in texts))
+        n = sum(len(self.tokenize(t)) if isinstance(t, str) else len(t) for t in texts)
+        return Embeddings(vectors, n)
 
     def close(self) -> None:
         pass
@@ -189,11 +215,23 @@ class FakePool:
                 on_progress(engine.info.id, 100.0)
         self._ready = True
 
-    def get(self, name: str) -> FakeEngine | FakeEmbedder | None:
+    def _get(self, name: str) -> FakeEngine | FakeEmbedder | None:
         for engine in self.engines:
             if name == engine.info.id or name in engine.info.aliases:
                 return engine
         return None
+
+    def info(self, name: str) -> ModelInfo | None:
+        engine = self._get(name)
+        return None if engine is None else engine.info
+
+    def generator(self, name: str) -> FakeEngine | None:
+        engine = self._get(name)
+        return engine if isinstance(engine, FakeEngine) else None
+
+    def embedder(self, name: str) -> FakeEmbedder | None:
+        engine = self._get(name)
+        return engine if isinstance(engine, FakeEmbedder) else None
 
     def infos(self) -> list[ModelInfo]:
         return [e.info for e in self.engines]

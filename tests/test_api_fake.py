@@ -284,7 +284,7 @@ def test_priced_usage_carries_exact_cost(node: Node) -> None:
         ({**CHAT, "temperature": "hot"}, "temperature", "invalid_value"),
         ({**CHAT, "temperature": 3}, "temperature", "invalid_value"),
         ({**CHAT, "max_tokens": 0}, "max_tokens", "invalid_value"),
-        ({**CHAT, "n": 2}, "n", "invalid_value"),
+        ({**CHAT, "n": 3}, "n", "invalid_value"),
         ({**CHAT, "stream": "yes"}, "stream", "invalid_value"),
         ({**CHAT, "stream_options": {"include_usage": True}}, "stream_options", "invalid_value"),
         ({**CHAT, "logit_bias": {"abc": 1}}, "logit_bias", "invalid_value"),
@@ -304,7 +304,18 @@ def test_priced_usage_carries_exact_cost(node: Node) -> None:
         ({**CHAT, "messages": [{"role": "user", "content": 5}]}, "messages[0].content",
          "invalid_value"),
         ({**CHAT, "messages": [{"role": "user"}]}, "messages[0]", "invalid_value"),
-        ({**CHAT, "logprobs": True}, "logprobs", "invalid_value"),
+        ({**CHAT, "top_logprobs": 2}, "top_logprobs", "invalid_value"),
+        ({**CHAT, "logprobs": True, "top_logprobs": 21}, "top_logprobs", "invalid_value"),
+        ({**CHAT, "tool_choice": "required"}, None, "invalid_value"),
+        ({**CHAT, "tools": [{"type": "function", "function": {"name": "a b"}}]},
+         "tools[0].function.name", "invalid_value"),
+        ({**CHAT, "tools": [{"type": "function", "function": {"name": "f"}}],
+          "tool_choice": {"type": "function", "function": {"name": "g"}}}, None, "invalid_value"),
+        ({**CHAT, "messages": [{"role": "tool", "content": "x", "tool_call_id": "c1"}]},
+         "messages[0].tool_call_id", "invalid_value"),
+        ({**CHAT, "messages": [{"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": "http://x/y.png"}}]}]},
+         "messages[0].content", "unsupported"),
         ({**CHAT, "top_k": 2**40}, "top_k", "invalid_value"),
         ({**CHAT, "seed": 1.5}, "seed", "invalid_value"),
     ],
@@ -343,7 +354,10 @@ def test_bad_schema_is_400(node: Node) -> None:
 
 def test_bad_completion_and_embedding_bodies(node: Node) -> None:
     for body, param in [
-        ({"model": "fake", "prompt": ["a", "b"]}, "prompt"),
+        ({"model": "fake", "prompt": ["a", "b", "c"]}, "prompt"),  # 3 prompts, 2 slots
+        ({"model": "fake", "prompt": []}, "prompt"),
+        ({"model": "fake", "prompt": [1, 5000]}, "prompt"),  # not in the vocabulary
+        ({"model": "fake", "prompt": "x", "logprobs": 21}, "logprobs"),
         ({"model": "fake", "prompt": 5}, "prompt"),
         ({"model": "fake", "prompt": "x", "echo": True}, "echo"),
         ({"model": "fake", "prompt": "x", "best_of": 3}, "best_of"),
@@ -355,7 +369,7 @@ def test_bad_completion_and_embedding_bodies(node: Node) -> None:
         assert param in err["message"]
     for body, param in [
         ({"model": "fake-embed", "input": []}, "input"),
-        ({"model": "fake-embed", "input": [1, 2]}, "input"),
+        ({"model": "fake-embed", "input": [1, 2.5]}, "input"),
         ({"model": "fake-embed", "input": "x", "encoding_format": "hex"}, "encoding_format"),
         ({"model": "fake-embed", "input": "x", "dimensions": 2}, "dimensions"),
     ]:
@@ -365,7 +379,7 @@ def test_bad_completion_and_embedding_bodies(node: Node) -> None:
 
 
 def test_template_failure_is_400(node: Node) -> None:
-    body = {**CHAT, "messages": [{"role": "tool", "content": "x"}]}
+    body = {**CHAT, "messages": [{"role": "user", "content": "break the template"}]}
     _assert_error(node.post("/v1/chat/completions", body), 400, "invalid_request_error", None,
                   "messages")  # fmt: skip
 

@@ -10,6 +10,7 @@ import pytest
 from engine_support import chat_tokens, collect, greedy
 
 from node.config import ModelSpec
+from node.engine.interface import ChatMessage
 from node.engine.model import LoadedModel, ModelLoadError, physical_cores, quant_type_name
 from node.engine.scheduler import Scheduler
 
@@ -50,9 +51,7 @@ def test_quant_type_names_follow_llama_cpp():
 
 
 def test_chat_template_from_metadata_renders_special_tokens(model):
-    rendered = model.render_chat(
-        [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
-    )
+    rendered = model.render_chat([ChatMessage("system", "Be brief."), ChatMessage("user", "Hi")])
     assert rendered == (
         "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n"
         "<|im_start|>assistant\n"
@@ -66,7 +65,7 @@ def test_registry_chat_template_overrides_the_gguf_one(default_gguf):
     template = "{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}\n{% endfor %}>>"
     loaded = LoadedModel(ModelSpec(id="t", path=default_gguf, chat_template=template))
     try:
-        assert loaded.render_chat([{"role": "user", "content": "yo"}]) == "[user] yo\n>>"
+        assert loaded.render_chat([ChatMessage("user", "yo")]) == "[user] yo\n>>"
     finally:
         loaded.close()
 
@@ -76,7 +75,7 @@ def test_template_errors_become_value_errors(default_gguf):
     loaded = LoadedModel(ModelSpec(id="t", path=default_gguf, chat_template=template))
     try:
         with pytest.raises(ValueError, match="only user messages"):
-            loaded.render_chat([{"role": "user", "content": "yo"}])
+            loaded.render_chat([ChatMessage("user", "yo")])
     finally:
         loaded.close()
 

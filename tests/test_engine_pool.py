@@ -24,10 +24,12 @@ def test_pool_loads_both_kinds_reports_progress_and_closes(default_gguf):
     try:
         assert pool.ready
         assert ("chat", 100.0) in progress and ("embed", 100.0) in progress
-        chat = pool.get("chat")
-        assert isinstance(chat, Scheduler) and pool.get("smol") is chat
-        assert isinstance(pool.get("embed"), EmbeddingModel)
-        assert pool.get("nope") is None
+        chat = pool.generator("chat")
+        assert isinstance(chat, Scheduler) and pool.generator("smol") is chat
+        assert isinstance(pool.embedder("embed"), EmbeddingModel)
+        assert pool.generator("embed") is None and pool.embedder("chat") is None
+        assert pool.generator("nope") is None and pool.info("nope") is None
+        assert pool.info("smol") is chat.info
         infos = {info.id: info for info in pool.infos()}
         assert infos["chat"].n_ctx == 1024 and infos["chat"].n_ctx_per_seq == 512
         assert infos["chat"].aliases == ("smol",) and not infos["chat"].embeddings
@@ -36,4 +38,4 @@ def test_pool_loads_both_kinds_reports_progress_and_closes(default_gguf):
         assert result.finished.counts.completion_tokens > 0
     finally:
         pool.close()
-    assert not pool.ready and pool.get("chat") is None
+    assert not pool.ready and pool.generator("chat") is None

@@ -18,6 +18,7 @@ from engine_support import (
 from llama_cpp import Llama
 
 from node.engine.interface import (
+    ChatMessage,
     ContextOverflow,
     EngineBusy,
     Finished,
@@ -124,7 +125,7 @@ def test_equal_length_prompts_arriving_together_share_one_decode_and_stay_exact(
 
 
 def test_prompt_tokens_equal_the_tokenizer_count_of_the_rendered_template(engine, reference):
-    rendered = engine.render_chat([{"role": "user", "content": "Count my tokens, please."}])
+    rendered = engine.render_chat([ChatMessage("user", "Count my tokens, please.")])
     assert rendered.startswith("<|im_start|>") and rendered.endswith("<|im_start|>assistant\n")
     tokens = engine.tokenize(rendered)
     expected = reference.tokenize(rendered.encode(), add_bos=False, special=True)

@@ -11,46 +11,27 @@ from starlette.exceptions import HTTPException
 from starlette.routing import Route
 from starlette.types import ASGIApp
 
-from node.api import chat, completions, embeddings, health, metrics, models, openapi
+from node.api import health, metrics, openapi
 from node.api.context import RequestContext
-from node.api.errors import ApiError, handle_api_error, handle_http_exception
+from node.api.errors import handle_api_error, handle_http_exception
 from node.api.metrics import NodeMetrics
-from node.engine.interface import ContextOverflow, EngineBusy
-from node.service import (
-    AuthenticationFailed,
-    MeterUnavailable,
-    ModelNotFound,
-    NodeService,
-    NotReady,
-    RejectedByModel,
-)
+from node.api.openai import ROUTES as OPENAI_ROUTES
+from node.errors import NodeError
+from node.service import NodeService
 
 DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
 
 ROUTES = [
-    Route("/v1/chat/completions", chat.chat_completions, methods=["POST"]),
-    Route("/v1/completions", completions.completions, methods=["POST"]),
-    Route("/v1/embeddings", embeddings.embeddings, methods=["POST"]),
-    Route("/v1/models", models.list_models, methods=["GET"]),
-    Route("/v1/models/{model_id:path}", models.get_model, methods=["GET"]),
+    *OPENAI_ROUTES,
     Route("/health", health.health, methods=["GET"]),
     Route("/metrics", metrics.metrics, methods=["GET"]),
     Route("/openapi.json", openapi.openapi, methods=["GET"]),
 ]
 
-# Client-caused errors are answered by Starlette's exception middleware; everything else is a bug
-# (`Exception` → Starlette's server-error middleware: logged, OpenAI-shaped 500).
-_CLIENT_ERRORS = (
-    ApiError,
-    ValidationError,
-    AuthenticationFailed,
-    ModelNotFound,
-    ContextOverflow,
-    EngineBusy,
-    NotReady,
-    MeterUnavailable,
-    RejectedByModel,
-)
+# Errors every layer raises for the client (`NodeError`, carrying its own status) and request
+# bodies pydantic refuses are answered by Starlette's exception middleware; everything else is a
+# bug (`Exception` → Starlette's server-error middleware: logged, OpenAI-shaped 500).
+_CLIENT_ERRORS = (NodeError, ValidationError)
 
 
 def create_app(

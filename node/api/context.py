@@ -126,6 +126,6 @@ class RequestContext:
             (b"content-type", b"application/json"),
             (b"content-length", str(len(body)).encode()),
         ]
-        headers += [(k.lower().encode(), v.encode()) for k, v in error.headers.items()]
+        headers += [(k.lower().encode(), v.encode()) for k, v in error.headers().items()]
         await send({"type": "http.response.start", "status": error.status, "headers": headers})
         await send({"type": "http.response.body", "body": body})

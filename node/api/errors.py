@@ -1,7 +1,8 @@
 """The OpenAI error shape, and the mapping from every exception to it.
 
 Every response the node sends on failure is `{"error": {"message", "type", "param", "code"}}`,
-also for unknown routes, wrong methods and real bugs (500, logged with its traceback).
+also for unknown routes, wrong methods and real bugs (500, logged with its traceback). Errors of
+every layer derive from `node.errors.NodeError`, which carries its own status, type and code.
 """
 
 from __future__ import annotations
@@ -14,14 +15,8 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from node.engine.interface import ContextOverflow, EngineBusy
-from node.service import (
-    AuthenticationFailed,
-    MeterUnavailable,
-    ModelNotFound,
-    NotReady,
-    RejectedByModel,
-)
+from node.engine.interface import ContextOverflow
+from node.errors import NodeError
 
 log = logging.getLogger("node.api")
 
@@ -29,8 +24,8 @@ log = logging.getLogger("node.api")
 _TYPE_TAGS = {"str", "int", "float", "bool", "list", "dict", "none", "literal"}
 
 
-class ApiError(Exception):
-    """An error answered to the client as it is."""
+class ApiError(NodeError):
+    """An error the HTTP layer words itself, answered as it is."""
 
     def __init__(
         self,
@@ -49,17 +44,45 @@ class ApiError(Exception):
         self.type = type
         self.param = param
         self.code = code
-        self.headers = headers or {}
-        self.extra = extra or {}
+        self._headers = headers or {}
+        self._extra = extra or {}
+
+    def headers(self) -> dict[str, str]:
+        return self._headers
+
+    def extra(self) -> dict[str, Any]:
+        return self._extra
 
     def body(self) -> dict[str, Any]:
-        error = {"message": self.message, "type": self.type, "param": self.param}
-        error["code"] = self.code
-        error.update(self.extra)
-        return {"error": error}
+        return body_of(self)
 
     def response(self) -> JSONResponse:
-        return JSONResponse(self.body(), status_code=self.status, headers=self.headers)
+        return JSONResponse(self.body(), status_code=self.status, headers=self.headers())
+
+
+def body_of(exc: NodeError) -> dict[str, Any]:
+    error: dict[str, Any] = {
+        "message": exc.client_message(),
+        "type": exc.type,
+        "param": exc.param,
+        "code": exc.code,
+    }
+    error.update(exc.extra())
+    return {"error": error}
+
+
+def from_node_error(exc: NodeError) -> ApiError:
+    if isinstance(exc, ApiError):
+        return exc
+    return ApiError(
+        exc.status,
+        exc.client_message(),
+        type=exc.type,
+        param=exc.param,
+        code=exc.code,
+        headers=exc.headers(),
+        extra=exc.extra(),
+    )
 
 
 def invalid(message: str, param: str | None, code: str | None = None) -> ApiError:
@@ -67,13 +90,9 @@ def invalid(message: str, param: str | None, code: str | None = None) -> ApiErro
 
 
 def context_overflow(exc: ContextOverflow, param: str | None) -> ApiError:
-    return ApiError(
-        400,
-        str(exc),
-        param=param,
-        code="context_length_exceeded",
-        extra={"n_prompt_tokens": exc.n_prompt_tokens, "n_ctx": exc.n_ctx},
-    )
+    error = from_node_error(exc)
+    error.param = exc.param or param
+    return error
 
 
 def param_path(loc: tuple[int | str, ...]) -> str | None:
@@ -106,46 +125,12 @@ def from_validation(exc: ValidationError) -> ApiError:
     return invalid(f"Invalid value for '{param}': {msg}.", param, "invalid_value")
 
 
-def _from_domain(exc: Exception) -> ApiError | None:
-    """Errors of the service and engine, in HTTP terms."""
-    if isinstance(exc, AuthenticationFailed):
-        return ApiError(401, str(exc), type="authentication_error", code="invalid_api_key")
-    if isinstance(exc, ModelNotFound):
-        return ApiError(404, str(exc), param="model", code="model_not_found")
-    if isinstance(exc, ContextOverflow):
-        return context_overflow(exc, None)
-    if isinstance(exc, EngineBusy):
-        retry = max(1, round(exc.retry_after))
-        return ApiError(
-            429,
-            str(exc),
-            type="rate_limit_error",
-            code="queue_full",
-            headers={"Retry-After": str(retry)},
-        )
-    if isinstance(exc, RejectedByModel):
-        return ApiError(400, f"The model cannot run this request: {exc}", code="invalid_value")
-    if isinstance(exc, NotReady):
-        return ApiError(503, str(exc), type="server_error", code="model_loading")
-    if isinstance(exc, MeterUnavailable):
-        return ApiError(
-            503,
-            "The usage meter cannot record requests right now.",
-            type="server_error",
-            code="meter_unavailable",
-        )
-    return None
-
-
 def to_api_error(exc: Exception) -> ApiError:
     """Any exception as the error the client sees; unknown ones are bugs, logged as such."""
-    if isinstance(exc, ApiError):
-        return exc
+    if isinstance(exc, NodeError):
+        return from_node_error(exc)
     if isinstance(exc, ValidationError):
         return from_validation(exc)
-    domain = _from_domain(exc)
-    if domain is not None:
-        return domain
     log.error("unhandled error", exc_info=exc)
     return ApiError(
         500, "The server had an error while processing your request.", type="server_error"
@@ -166,11 +151,5 @@ async def handle_http_exception(_request: Request, exc: Exception) -> Response:
     else:
         error = ApiError(exc.status_code, str(exc.detail))
     headers = dict(exc.headers or {})
-    headers.update(error.headers)
+    headers.update(error.headers())
     return JSONResponse(error.body(), status_code=error.status, headers=headers)
-
-
-EXCEPTION_HANDLERS = {
-    HTTPException: handle_http_exception,
-    Exception: handle_api_error,
-}

@@ -10,7 +10,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from node import __version__
-from node.api.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
+from node.api.openai.chat_protocol import ChatCompletionRequest
+from node.api.openai.protocol import CompletionRequest, EmbeddingRequest
 
 _REF = "#/components/schemas/{model}"
 _ERROR = {

@@ -42,9 +42,11 @@ class EmbeddingModel:
     def tokenize(self, text: str) -> list[int]:
         return self.model.tokenize(text)
 
-    async def embed(self, texts: Sequence[str]) -> Embeddings:
-        inputs = [self.tokenize(text) for text in texts]
+    async def embed(self, texts: Sequence[str | Sequence[int]]) -> Embeddings:
+        inputs = [self.tokenize(t) if isinstance(t, str) else list(t) for t in texts]
         for tokens in inputs:
+            if any(not 0 <= t < self.model.n_vocab for t in tokens):
+                raise ValueError(f"token ids must be between 0 and {self.model.n_vocab - 1}")
             if len(tokens) > self.n_ctx:
                 raise ContextOverflow(
                     len(tokens),

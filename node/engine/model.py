@@ -12,12 +12,13 @@ import os
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import llama_cpp
-from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
 from node.config import ModelSpec
-from node.engine.interface import ModelInfo
+from node.engine.chat_template import ChatTemplate
+from node.engine.interface import ChatMessage, ModelInfo, Tool
 
 log = logging.getLogger(__name__)
 
@@ -138,11 +139,16 @@ class LoadedModel:
         file_type = self.metadata("general.file_type")
         self.quant_type = quant_type_name(int(file_type) if file_type else None)
         template = spec.chat_template or self.metadata("tokenizer.chat_template")
+        self.chat_template: str | None = template or None
         try:
-            self._formatter = self._make_formatter(template)
-        except ModelLoadError:
+            self._template = (
+                ChatTemplate(template, self._token_text(self.bos), self._token_text(self.eos))
+                if template
+                else None
+            )
+        except ValueError as exc:
             llama_cpp.llama_model_free(handle)  # nobody else will: the object never existed
-            raise
+            raise ModelLoadError(f"model {spec.id}: invalid chat template: {exc}") from None
         self._pieces: dict[int, bytes] = {}
         self._closed = False
 
@@ -165,31 +171,19 @@ class LoadedModel:
             return ""
         return llama_cpp.llama_vocab_get_text(self.vocab, token).decode("utf-8", errors="replace")
 
-    def _make_formatter(self, template: str | None) -> Jinja2ChatFormatter | None:
-        if not template:
-            return None
-        try:
-            return Jinja2ChatFormatter(
-                template=template,
-                eos_token=self._token_text(self.eos),
-                bos_token=self._token_text(self.bos),
-                add_generation_prompt=True,
-            )
-        except Exception as exc:  # jinja2's TemplateSyntaxError and friends
-            raise ModelLoadError(f"model {self.spec.id}: invalid chat template: {exc}") from None
-
     # -- text ----------------------------------------------------------------------------------
 
-    def render_chat(self, messages: Sequence[Mapping[str, str]]) -> str:
+    def render_chat(
+        self,
+        messages: Sequence[ChatMessage],
+        *,
+        tools: Sequence[Tool] = (),
+        template_kwargs: Mapping[str, Any] | None = None,
+    ) -> str:
         """The chat template applied to `messages`, ending with the assistant's turn."""
-        if self._formatter is None:
+        if self._template is None:
             raise ValueError(f"model {self.spec.id} has no chat template")
-        try:
-            return self._formatter(messages=[dict(m) for m in messages]).prompt
-        except ValueError:
-            raise
-        except Exception as exc:  # jinja2 errors, template bugs on odd input
-            raise ValueError(f"chat template failed: {exc}") from None
+        return self._template.render(messages, tools=tools, template_kwargs=template_kwargs)
 
     def tokenize(self, text: str) -> list[int]:
         """Tokens with special-token parsing; BOS prepended only when the model wants one."""
@@ -208,18 +202,20 @@ class LoadedModel:
             ids.insert(0, self.bos)
         return ids
 
-    def piece(self, token: int) -> bytes:
-        """The bytes a generated token adds to the text (special tokens add nothing)."""
-        cached = self._pieces.get(token)
+    def piece(self, token: int, special: bool = False) -> bytes:
+        """The bytes a generated token adds to the text. Special (control) tokens add nothing
+        unless `special`: then their text, e.g. `<|python_tag|>` for a tool-call parser."""
+        key = -token - 1 if special else token
+        cached = self._pieces.get(key)
         if cached is not None:
             return cached
         buf = ctypes.create_string_buffer(64)
-        n = llama_cpp.llama_token_to_piece(self.vocab, token, buf, 64, 0, False)
+        n = llama_cpp.llama_token_to_piece(self.vocab, token, buf, 64, 0, special)
         if n < 0:
             buf = ctypes.create_string_buffer(-n)
-            n = llama_cpp.llama_token_to_piece(self.vocab, token, buf, -n, 0, False)
+            n = llama_cpp.llama_token_to_piece(self.vocab, token, buf, -n, 0, special)
         piece = buf.raw[: max(n, 0)]
-        self._pieces[token] = piece
+        self._pieces[key] = piece
         return piece
 
     def detokenize(self, tokens: Sequence[int]) -> str:
@@ -246,6 +242,8 @@ class LoadedModel:
             n_params=self.n_params,
             size_bytes=self.size_bytes,
             n_embd=self.n_embd,
+            n_vocab=self.n_vocab,
+            tool_format=self.spec.tool_format,
         )
 
     def context_params(

@@ -1,4 +1,6 @@
-"""Every model the node serves, loaded from its `ModelSpec`, found by id or alias."""
+"""Every model the node serves, loaded from its `ModelSpec`, found by id or alias.
+
+Implements `interface.ModelPool`."""
 
 from __future__ import annotations
 
@@ -13,8 +15,6 @@ from node.engine.model import LoadedModel
 from node.engine.scheduler import Scheduler
 
 log = logging.getLogger(__name__)
-
-Engine = GenerationEngine | EmbeddingEngine
 
 
 class ModelPool:
@@ -65,9 +65,20 @@ class ModelPool:
             )
         self._ready = True
 
-    def get(self, name: str) -> Engine | None:
+    def info(self, name: str) -> ModelInfo | None:
         with self._lock:
-            return self._by_name.get(name)
+            engine = self._by_name.get(name)
+        return None if engine is None else engine.info
+
+    def generator(self, name: str) -> GenerationEngine | None:
+        with self._lock:
+            engine = self._by_name.get(name)
+        return engine if isinstance(engine, Scheduler) else None
+
+    def embedder(self, name: str) -> EmbeddingEngine | None:
+        with self._lock:
+            engine = self._by_name.get(name)
+        return engine if isinstance(engine, EmbeddingModel) else None
 
     def infos(self) -> list[ModelInfo]:
         with self._lock:

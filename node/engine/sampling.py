@@ -82,9 +82,7 @@ class SequenceSampler:
             self._add(penalties, "penalties")
             self._penalties = penalties
         if p.grammar:
-            grammar = llama_cpp.llama_sampler_init_grammar(
-                model.vocab, p.grammar.encode("utf-8"), b"root"
-            )
+            grammar = _grammar_sampler(model, p)
             if not grammar:
                 raise ValueError("the grammar could not be parsed")
             self._grammar = grammar  # kept out of the chain: see `_sample_constrained`
@@ -206,3 +204,17 @@ class _Candidates:
         self._one_array.sorted = False
         llama_cpp.llama_sampler_apply(grammar, self._one_ref)
         return bool(np.isfinite(self._one["logit"][0]))
+
+
+def _grammar_sampler(model: LoadedModel, p: SamplingParams) -> llama_cpp.llama_sampler_p | None:
+    """The grammar sampler; lazy (free until a trigger pattern matches) when triggers are set."""
+    assert p.grammar is not None
+    text = p.grammar.encode("utf-8")
+    if not p.grammar_triggers:
+        return llama_cpp.llama_sampler_init_grammar(model.vocab, text, b"root")
+    patterns = (ctypes.c_char_p * len(p.grammar_triggers))(
+        *(t.encode("utf-8") for t in p.grammar_triggers)
+    )
+    return llama_cpp.llama_sampler_init_grammar_lazy_patterns(
+        model.vocab, text, b"root", patterns, len(p.grammar_triggers), None, 0
+    )

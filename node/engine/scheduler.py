@@ -12,7 +12,7 @@ import asyncio
 import logging
 import threading
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 import llama_cpp
 
@@ -22,14 +22,15 @@ from node.engine.interface import (
     ContextOverflow,
     EngineBusy,
     Finished,
-    FinishReason,
     GenerationEvent,
+    SampledLogprob,
     SamplingParams,
-    TextDelta,
+    StopType,
 )
+from node.engine.logprobs import sample
 from node.engine.model import LoadedModel
 from node.engine.sampling import SequenceSampler
-from node.engine.text import TextStream
+from node.engine.text import DeltaStream
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +49,7 @@ class _Slot:
         self.request: Request | None = None
         self.pending: list[int] = []  # prompt tokens still to decode
         self.next_token = -1  # sampled, to be decoded in the next step
-        self.stream = TextStream()
+        self.stream = DeltaStream()
         self.admitted_at = 0
 
 
@@ -92,13 +93,12 @@ class Scheduler:
             n_ctx_per_seq=self.n_ctx_per_seq,
             parallel=self.parallel,
         )
+        self.chat_template = model.chat_template
+        self.render_chat = model.render_chat  # the template needs no context: no thread hop
         self._thread = threading.Thread(target=self._run, name=f"engine-{spec.id}", daemon=True)
         self._thread.start()
 
     # -- caller side (event loop) ---------------------------------------------------------------
-
-    def render_chat(self, messages: Sequence[Mapping[str, str]]) -> str:
-        return self.model.render_chat(messages)
 
     def tokenize(self, text: str) -> list[int]:
         return self.model.tokenize(text)
@@ -239,9 +239,7 @@ class Scheduler:
             return
         for index, slot in enumerate(slots):
             slot.cache.append(slot.next_token)
-            request = slot.request
-            assert request is not None
-            self._on_token(slot, request.sampler.sample(self._ctx, index), events)
+            self._sample(slot, index, events)
 
     def _decode_prompt_chunks(self, slots: list[_Slot], events: Events) -> int:
         """The next chunk of each of these prompts (all the same length), in one decode.
@@ -277,9 +275,7 @@ class Scheduler:
             slot.cache.extend(slot.pending[:size])
             del slot.pending[:size]
             if not slot.pending:
-                request = slot.request
-                assert request is not None
-                self._on_token(slot, request.sampler.sample(self._ctx, index), events)
+                self._sample(slot, index, events)
         return size * len(slots)
 
     def _llama_decode(self, batch: TokenBatch) -> int:
@@ -324,7 +320,7 @@ class Scheduler:
         slot.request = request
         slot.pending = request.prompt[keep:]
         slot.next_token = -1
-        slot.stream = TextStream(request.params.stop)
+        slot.stream = DeltaStream(request.params)
         self._admissions += 1
         slot.admitted_at = self._admissions
 
@@ -359,19 +355,28 @@ class Scheduler:
             keep = 0
         del slot.cache[keep:]
 
-    def _on_token(self, slot: _Slot, token: int, events: Events) -> None:
+    def _sample(self, slot: _Slot, index: int, events: Events) -> None:
+        """Sample the slot's next token from batch position `index` and hand it on."""
         request = slot.request
         assert request is not None
+        token, logprob = sample(self.model, self._ctx, index, request.sampler, request.params)
         if self.model.is_eog(token):
-            self._finish(slot, "stop", events)
+            self._finish(slot, "eos", events)
             return
-        counts = request.live_counts
-        counts.completion_tokens += 1
-        text = slot.stream.feed(self.model.piece(token))
-        if text:
-            events.append((request, TextDelta(text)))
+        self._on_token(slot, token, events, logprob)
+
+    def _on_token(
+        self, slot: _Slot, token: int, events: Events, logprob: SampledLogprob | None
+    ) -> None:
+        request = slot.request
+        assert request is not None
+        request.live_counts.completion_tokens += 1
+        piece = self.model.piece(token, request.params.special_tokens)
+        delta = slot.stream.feed(token, piece, logprob)
+        if delta is not None:
+            events.append((request, delta))
         if slot.stream.stopped:
-            self._finish(slot, "stop", events)
+            self._finish(slot, "word", events)
         elif self._out_of_room(request, len(slot.cache)):
             self._finish(slot, "length", events)
         else:
@@ -387,7 +392,7 @@ class Scheduler:
     def _finish(
         self,
         slot: _Slot,
-        reason: FinishReason,
+        stop: StopType,
         events: Events,
         *,
         drop_kv: bool = False,
@@ -395,11 +400,12 @@ class Scheduler:
     ) -> None:
         request = slot.request
         assert request is not None
-        if reason in ("stop", "length"):
+        if stop in ("eos", "word", "length"):
             tail = slot.stream.flush()
-            if tail:
-                events.append((request, TextDelta(tail)))
-        events.append((request, Finished(reason, request.counts, error=error)))
+            if tail is not None:
+                events.append((request, tail))
+        stop_word = slot.stream.stop_word if stop == "word" else None
+        events.append((request, Finished(stop, request.counts, error=error, stop_word=stop_word)))
         request.sampler.close()
         slot.request = None
         slot.pending = []

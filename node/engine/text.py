@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import codecs
 
+from node.engine.interface import SampledLogprob, SamplingParams, TextDelta
+
 
 class TextStream:
     """Feed token pieces, get text that is complete UTF-8 and free of any stop string.
@@ -18,6 +20,7 @@ class TextStream:
         self._stop = tuple(s for s in stop if s)
         self._held = ""
         self.stopped = False
+        self.stop_word: str | None = None  # the stop string that completed
 
     def feed(self, piece: bytes) -> str:
         """Text safe to emit after `piece`; sets `stopped` when a stop string completed."""
@@ -32,6 +35,7 @@ class TextStream:
             at = pending.find(stop)
             if at != -1 and (cut == -1 or at < cut):
                 cut = at
+                self.stop_word = stop
         if cut != -1:
             self.stopped = True
             self._held = ""
@@ -54,3 +58,42 @@ class TextStream:
                     best = n
                     break
         return best
+
+
+class DeltaStream:
+    """One sequence's output: text through a `TextStream`, plus the tokens (and logprobs)
+    sampled since the previous delta, so every `TextDelta` carries what produced it."""
+
+    def __init__(self, params: SamplingParams | None = None) -> None:
+        self.text = TextStream(params.stop if params is not None else ())
+        self.with_logprobs = params is not None and params.logprobs is not None
+        self._tokens: list[int] = []
+        self._logprobs: list[SampledLogprob] = []
+
+    @property
+    def stopped(self) -> bool:
+        return self.text.stopped
+
+    @property
+    def stop_word(self) -> str | None:
+        return self.text.stop_word
+
+    def feed(self, token: int, piece: bytes, logprob: SampledLogprob | None) -> TextDelta | None:
+        """A delta when `token` completes some text safe to emit."""
+        self._tokens.append(token)
+        if logprob is not None:
+            self._logprobs.append(logprob)
+        text = self.text.feed(piece)
+        return self._delta(text) if text else None
+
+    def flush(self) -> TextDelta | None:
+        """Held-back text and tokens at the end of generation."""
+        tail = self.text.flush()
+        return self._delta(tail) if tail or self._tokens else None
+
+    def _delta(self, text: str) -> TextDelta:
+        logprobs = tuple(self._logprobs) if self.with_logprobs else None
+        delta = TextDelta(text, tuple(self._tokens), logprobs)
+        self._tokens = []
+        self._logprobs = []
+        return delta

@@ -13,11 +13,19 @@ import time
 
 from sqlite_utils import Database
 
+from node.errors import NodeError
 from node.meter.schema import migrations
 
 
-class MeterUnavailable(RuntimeError):
+class MeterUnavailable(NodeError, RuntimeError):
     """The meter database cannot be written (read-only, full, locked too long): HTTP 503."""
+
+    status = 503
+    type = "server_error"
+    code = "meter_unavailable"
+
+    def client_message(self) -> str:
+        return "The usage meter cannot record requests right now."
 
 
 def connect(

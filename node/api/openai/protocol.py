@@ -1,4 +1,5 @@
-"""OpenAI request bodies as pydantic models, in OpenAI's field names and order.
+"""OpenAI request bodies shared by chat and completions, and embeddings, as pydantic models in
+OpenAI's field names and order (the chat messages and tools: `chat_protocol`).
 
 Pure data: no engine, no meter. Unknown fields are ignored like OpenAI does; wrong types are
 rejected (strict mode: "1" is no number, 1 is no boolean). Extensions shared with llama.cpp's
@@ -17,12 +18,13 @@ from pydantic import (
     Tag,
     ValidationInfo,
     field_validator,
-    model_validator,
 )
 
 from node.engine.interface import SamplingParams
 
 MAX_STOP = 16  # OpenAI allows 4; llama.cpp has no limit. Each costs a text scan per token.
+MAX_N = 128  # the engine's real limit is the model's `parallel`, checked against the model
+MAX_TOP_LOGPROBS = 20  # OpenAI's limit
 
 
 class _Body(BaseModel):
@@ -39,6 +41,8 @@ class TextFormat(_Body):
 
 class JsonObjectFormat(_Body):
     type: Literal["json_object"]
+    # llama-server's extension: a JSON object that also matches this schema.
+    schema_: dict[str, Any] | None = Field(default=None, alias="schema")
 
 
 class JsonSchema(_Body):
@@ -78,7 +82,7 @@ class SamplingFields(_Body):
     frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
     logit_bias: dict[str, float] | None = None
     max_tokens: int | None = Field(default=None, ge=1)
-    n: int | None = None
+    n: int | None = Field(default=None, ge=1, le=MAX_N)  # up to the model's `parallel`
     presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
     seed: int | None = None
     stop: str | list[str] | None = None
@@ -91,13 +95,6 @@ class SamplingFields(_Body):
     top_k: int | None = Field(default=None, ge=0, le=1_000_000)
     min_p: float | None = Field(default=None, ge=0.0, le=1.0)
     repeat_penalty: float | None = Field(default=None, gt=0.0, le=10.0)
-
-    @field_validator("n")
-    @classmethod
-    def _one_choice(cls, n: int | None) -> int | None:
-        if n is not None and n != 1:
-            raise ValueError("only n=1 is supported")
-        return n
 
     @field_validator("stop")
     @classmethod
@@ -135,6 +132,13 @@ class SamplingFields(_Body):
     def completion_limit(self) -> int | None:
         return self.max_tokens
 
+    def logprobs_wanted(self) -> int | None:
+        """None: no logprobs; N: the sampled token's and the N most likely ones'."""
+        return None
+
+    def choices(self) -> int:
+        return self.n or 1
+
     def to_sampling_params(self, grammar: str | None = None) -> SamplingParams:
         stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
         return SamplingParams(
@@ -150,86 +154,56 @@ class SamplingFields(_Body):
             logit_bias={int(k): v for k, v in (self.logit_bias or {}).items()},
             stop=stop,
             grammar=grammar,
+            logprobs=self.logprobs_wanted(),
         )
 
 
-class TextPart(_Body):
-    type: Literal["text"]
-    text: str
-
-
-class ChatMessage(_Body):
-    role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: str | list[TextPart] | None = None
-    name: str | None = None
-
-    @model_validator(mode="after")
-    def _content_present(self) -> ChatMessage:
-        if self.content is None and self.role != "assistant":
-            raise ValueError(f"a {self.role} message needs content")
-        return self
-
-    def text(self) -> str:
-        if isinstance(self.content, list):
-            return "".join(part.text for part in self.content)
-        return self.content or ""
-
-
-class ChatCompletionRequest(SamplingFields):
-    messages: list[ChatMessage] = Field(min_length=1)
-    max_completion_tokens: int | None = Field(default=None, ge=1)
-    logprobs: bool | None = None
-    response_format: ResponseFormat | None = None
-
-    @field_validator("logprobs")
-    @classmethod
-    def _no_logprobs(cls, logprobs: bool | None) -> bool | None:
-        if logprobs:
-            raise ValueError("logprobs are not supported")
-        return logprobs
-
-    def completion_limit(self) -> int | None:
-        return self.max_completion_tokens or self.max_tokens
-
-    def template_messages(self) -> list[dict[str, str]]:
-        """Messages as the chat template takes them (text parts joined)."""
-        out = []
-        for m in self.messages:
-            item = {"role": m.role, "content": m.text()}
-            if m.name:
-                item["name"] = m.name
-            out.append(item)
-        return out
+TokenIds = list[Annotated[int, Field(ge=0)]]
+MAX_PROMPTS = 16  # prompts per completions request; each is its own generation
 
 
 class CompletionRequest(SamplingFields):
-    prompt: str | list[str]
+    # A string, a list of strings, a list of token ids, or a list of lists of token ids.
+    prompt: str | list[str] | TokenIds | list[TokenIds]
     max_tokens: int | None = Field(default=16, ge=1)  # OpenAI's default for completions
     echo: bool | None = None
-    logprobs: int | None = None
+    logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)
     suffix: str | None = None
     best_of: int | None = None
 
     @field_validator("prompt")
     @classmethod
-    def _one_prompt(cls, prompt: str | list[str]) -> str | list[str]:
-        if isinstance(prompt, list) and len(prompt) != 1:
-            raise ValueError("only one prompt per request is supported")
+    def _prompts(cls, prompt: Any) -> Any:
+        if isinstance(prompt, list):
+            if not prompt:
+                raise ValueError("prompt must not be an empty list")
+            if isinstance(prompt[0], list | str) and len(prompt) > MAX_PROMPTS:
+                raise ValueError(f"at most {MAX_PROMPTS} prompts per request are supported")
         return prompt
 
-    @field_validator("echo", "logprobs", "suffix", "best_of")
+    @field_validator("echo", "suffix", "best_of")
     @classmethod
     def _unsupported(cls, value: object, info: ValidationInfo) -> object:
         if value and not (info.field_name == "best_of" and value == 1):
             raise ValueError(f"{info.field_name} is not supported")
         return value
 
-    def prompt_text(self) -> str:
-        return self.prompt if isinstance(self.prompt, str) else self.prompt[0]
+    def logprobs_wanted(self) -> int | None:
+        return self.logprobs
+
+    def prompts(self) -> list[str | list[int]]:
+        """Each prompt, as text or as token ids."""
+        p = self.prompt
+        if isinstance(p, str):
+            return [p]
+        if all(isinstance(item, int) for item in p):
+            return [list(p)]  # type: ignore[arg-type]
+        return list(p)  # type: ignore[arg-type]
 
 
 class EmbeddingRequest(_Body):
-    input: str | list[str]
+    # A string, a list of strings, a list of token ids, or a list of lists of token ids.
+    input: str | list[str] | TokenIds | list[TokenIds]
     model: str = Field(min_length=1)
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: int | None = Field(default=None, ge=1)
@@ -237,15 +211,24 @@ class EmbeddingRequest(_Body):
 
     @field_validator("input")
     @classmethod
-    def _inputs(cls, value: str | list[str]) -> str | list[str]:
-        items = [value] if isinstance(value, str) else value
+    def _inputs(cls, value: Any) -> Any:
+        items = _inputs_of(value)
         if not items:
             raise ValueError("input must not be an empty list")
         if len(items) > 2048:
             raise ValueError("at most 2048 inputs per request")
-        if any(not text for text in items):
-            raise ValueError("input must not contain empty strings")
+        if any(len(item) == 0 for item in items):
+            raise ValueError("input must not contain empty strings or token lists")
         return value
 
-    def texts(self) -> list[str]:
-        return [self.input] if isinstance(self.input, str) else list(self.input)
+    def inputs(self) -> list[str | list[int]]:
+        """Each input, as text or as token ids."""
+        return _inputs_of(self.input)
+
+
+def _inputs_of(value: Any) -> list[str | list[int]]:
+    if isinstance(value, str):
+        return [value]
+    if value and all(isinstance(item, int) for item in value):
+        return [list(value)]
+    return list(value)

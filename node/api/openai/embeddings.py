@@ -1,9 +1,9 @@
-"""`POST /v1/embeddings`: one vector per input, as floats or base64 float32 (OpenAI's format)."""
+"""`POST /v1/embeddings`: one vector per input (text or token ids), as floats or base64
+float32 (OpenAI's format)."""
 
 from __future__ import annotations
 
 import base64
-from typing import Any
 
 import numpy as np
 from starlette.requests import Request
@@ -11,7 +11,8 @@ from starlette.responses import JSONResponse, Response
 
 from node.api.context import request_id_of
 from node.api.errors import context_overflow, invalid
-from node.api.protocol import EmbeddingRequest
+from node.api.openai.protocol import EmbeddingRequest
+from node.api.openai.responses import Embedding, EmbeddingList, EmbeddingUsage
 from node.api.routing import authenticate, read_body
 from node.engine.interface import ContextOverflow
 from node.service import Admission
@@ -35,18 +36,16 @@ async def embeddings(request: Request) -> Response:
         )
     admission = Admission(request_id_of(request.scope), key, "embeddings", body.user)
     try:
-        result, bill = await service.embed(admission, engine, body.texts())
+        result, bill = await service.embed(admission, engine, body.inputs())
     except ContextOverflow as exc:
         raise context_overflow(exc, "input") from None
-    usage: dict[str, Any] = {
-        "prompt_tokens": result.prompt_tokens,
-        "total_tokens": result.prompt_tokens,
-    }
+    usage = EmbeddingUsage(prompt_tokens=result.prompt_tokens, total_tokens=result.prompt_tokens)
     if bill.priced:
-        usage["cost"] = format(bill.cost, "f")
-        usage["currency"] = bill.currency
+        usage.cost = format(bill.cost, "f")
+        usage.currency = bill.currency
     data = [
-        {"object": "embedding", "index": i, "embedding": _encode(v, body.encoding_format)}
+        Embedding(index=i, embedding=_encode(v, body.encoding_format))
         for i, v in enumerate(result.vectors)
     ]
-    return JSONResponse({"object": "list", "data": data, "model": engine.info.id, "usage": usage})
+    answer = EmbeddingList(data=data, model=engine.info.id, usage=usage)
+    return JSONResponse(answer.model_dump(mode="json"))
