@@ -74,10 +74,7 @@ FORMAT = ToolFormat(
     name="harmony",
     program=program,
     grammar=grammar,
-    triggers=(
-        r"(<\|channel\|>commentary\s+to=functions\.)",
-        r"<\|start\|>assistant(<\|channel\|>commentary\s+to=functions\.)",
-    ),
+    triggers=(r"(<\|channel\|>commentary to=functions\.)",),
     start_markers=("<|start|>", "<|channel|>", "<|constrain|>", MESSAGE, END, CALL, RETURN),
     handles_reasoning=True,
     aliases=("gpt-oss",),

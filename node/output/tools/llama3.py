@@ -24,6 +24,7 @@ from node.output.tools.spec import (
 )
 
 PYTHON_TAG = "<|python_tag|>"
+_SP = r"[ \t\n]{0,4}"  # the whitespace the grammar's tc-ws allows
 _KEYS = ("parameters", "arguments")
 
 
@@ -61,9 +62,12 @@ def program(cur: Cursor, _ctx: ToolContext) -> Gen:
 
 
 def grammar(tools: Sequence[Tool], choice: ToolChoice, parallel: bool) -> str:
+    # The call header is as loose as the trigger that starts it (spaces, an optional "type").
     def body(name: str, args: str) -> str:
-        return " ".join(
-            (literal('{"name": '), json_name(name), literal(', "parameters": '), args, '"}"')
+        return (
+            '"{" tc-ws ("\\"type\\"" tc-ws ":" tc-ws "\\"function\\"" tc-ws "," tc-ws)? '
+            f'"\\"name\\"" tc-ws ":" tc-ws {json_name(name)} tc-ws "," tc-ws '
+            f'"\\"parameters\\"" tc-ws ":" tc-ws {args} tc-ws "}}"'
         )
 
     return calls_grammar(
@@ -77,7 +81,17 @@ FORMAT = ToolFormat(
     grammar=grammar,
     # a call object as the whole output (anchored), or anything after <|python_tag|>
     triggers=(
-        r'^\s*(\{\s*(?:"type"\s*:\s*"function"\s*,\s*)?"name"\s*:)',
+        r"^\s*(\{"
+        + _SP
+        + r'(?:"type"'
+        + _SP
+        + ":"
+        + _SP
+        + r'"function"'
+        + _SP
+        + ","
+        + _SP
+        + r')?"name")',
         r"(<\|python_tag\|>)",
     ),
     start_markers=(PYTHON_TAG,),
