@@ -14,6 +14,7 @@ from node.output.parts import (
 )
 from node.output.processor import OutputProcessor, process_text
 from node.output.reasoning import MISTRAL_THINK, QWEN35_THINK, THINK, ThinkTags
+from node.output.tools.generic import system_prompt as generic_system_prompt
 from node.output.tools.registry import FORMATS, detect_format, detect_think_tags, get_format
 from node.output.tools.spec import ToolFormat
 
@@ -35,6 +36,7 @@ __all__ = [
     "ToolFormat",
     "detect_format",
     "detect_think_tags",
+    "generic_system_prompt",
     "get_format",
     "merge_parts",
     "process_text",
