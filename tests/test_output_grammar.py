@@ -41,8 +41,9 @@ CALLS: dict[str, tuple[str, str]] = {
     ),
     "qwen-xml": (
         "<tool_call>\n<function=get_weather>\n<parameter=city>\nParis\n</parameter>\n"
-        "</function>\n</tool_call>",
-        "<tool_call>\n<function=get_forecast>\n</function>\n</tool_call>",
+        "<parameter=days>\n3\n</parameter>\n</function>\n</tool_call>",
+        "<tool_call>\n<function=get_weather>\n<parameter=city>\nParis\n</parameter>\n"
+        "<parameter=days>\nthree\n</parameter>\n</function>\n</tool_call>",
     ),
     "llama3": (
         '{"name": "get_weather", "parameters": {"city": "Paris", "days": 3}}',
@@ -145,7 +146,7 @@ def test_grammar_accepts_a_call_the_parser_reads_back(vocab: Any, name: str) -> 
     assert _accepts(vocab, fmt.grammar(TOOLS, "required", True), good)
     result = process_text(good, tool_format=fmt, tools=TOOLS)
     assert [(c.name, json.loads(c.arguments)) for c in result.tool_calls] == [
-        ("get_weather", {"city": "Paris"} if name == "qwen-xml" else {"city": "Paris", "days": 3})
+        ("get_weather", {"city": "Paris", "days": 3})
     ]
 
 
@@ -197,6 +198,14 @@ def test_lazy_grammar_is_free_before_its_trigger_and_strict_after(vocab: Any, na
         assert not sampler.feed(text[: match.end()] + " Zebra ~ not a call")
     finally:
         sampler.close()
+
+
+def test_xml_grammar_needs_the_required_parameters(vocab: Any) -> None:
+    grammar = get_format("qwen-xml").grammar(TOOLS, "required", True)
+    call = "<tool_call>\n<function=get_weather>\n{}</function>\n</tool_call>"
+    assert _accepts(vocab, grammar, call.format("<parameter=city>\nLa <b>Paz</b>\n</parameter>\n"))
+    assert not _accepts(vocab, grammar, call.format(""))  # city is required
+    assert not _accepts(vocab, grammar, call.format("<parameter=town>\nX\n</parameter>\n"))
 
 
 def test_generic_auto_grammar_allows_a_plain_response(vocab: Any) -> None:

@@ -210,3 +210,13 @@ def test_default_ids_look_like_openai_and_mistral_ones() -> None:
     assert re.fullmatch(r"call_[A-Za-z0-9]{24}", a) and a != b
     (m,) = ids(get_format("mistral"), "[TOOL_CALLS]f[ARGS]{}")
     assert re.fullmatch(r"[A-Za-z0-9]{9}", m)
+
+
+def test_llama3_json_that_is_not_a_call_is_content_at_once() -> None:
+    proc = OutputProcessor(get_format("llama3"))
+    assert proc.feed('{"answer": ') == [ContentText('{"answer":')]  # a space waits
+    proc = OutputProcessor(get_format("llama3"))
+    assert proc.feed('{"name": "f", "parameters": {"n": ') == [
+        ToolCallStart(0, proc.finish().tool_calls[0].id, "f"),
+        ToolCallArgs(0, '{"n": '),
+    ]

@@ -110,25 +110,42 @@ def chosen(tools: Sequence[Tool], choice: ToolChoice) -> list[Tool]:
 
 
 CallRule = Callable[[str, str], str]  # (function name, its args rule) -> call rule body
+# (rule prefix, tool) -> (call rule body, the rules it uses), for syntaxes whose arguments are
+# not one JSON object
+CallRules = Callable[[str, Tool], tuple[str, str]]
+
+
+def tool_name(tool: Tool) -> str:
+    return str((tool.get("function") or {}).get("name"))
 
 
 def calls_grammar(
     tools: Sequence[Tool],
     choice: ToolChoice,
     parallel: bool,
-    call_body: CallRule,
+    call_body: CallRule | None = None,
     separator: str = "tc-ws",
     prefix: str = "",
     suffix: str = "",
+    call_rules: CallRules | None = None,
 ) -> str:
-    """`root ::= prefix call (separator call)* suffix`, one call alternative per chosen tool."""
+    """`root ::= prefix call (separator call)* suffix`, one call alternative per chosen tool.
+
+    Each call is `call_body(name, rule of the arguments object)`, or what `call_rules` builds.
+    """
     alternatives: list[str] = []
     rules: list[str] = []
     for n, tool in enumerate(chosen(tools, choice)):
-        name = str((tool.get("function") or {}).get("name"))
-        root, text = schema_rules(function_parameters(tool), f"t{n}-{rule_name(name)}-")
+        name = tool_name(tool)
+        pre = f"t{n}-{rule_name(name)}-"
+        if call_rules is not None:
+            body, text = call_rules(pre, tool)
+        else:
+            assert call_body is not None
+            root, text = schema_rules(function_parameters(tool), pre)
+            body = call_body(name, root)
         rules.append(text)
-        rules.append(f"t{n}-call ::= {call_body(name, root)}\n")
+        rules.append(f"t{n}-call ::= {body}\n")
         alternatives.append(f"t{n}-call")
     call = "tc-call"
     more = f" ({separator} {call})*" if parallel else ""

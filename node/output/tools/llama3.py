@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Generator, Sequence
 
+from node.output.jsonscan import json_string
 from node.output.scanner import Cursor, Gen
 from node.output.tools.grammar import calls_grammar, json_name, literal
 from node.output.tools.spec import (
@@ -51,10 +52,20 @@ def _tagged(cur: Cursor, _marker: str) -> Generator[None, None, Outcome]:
     return (yield from _calls(cur))
 
 
+def _looks_like_call(cur: Cursor) -> Generator[None, None, bool]:
+    """Whether the unread text opens an object whose first key is "name" or "type" (reads
+    ahead only; JSON that is not a call is content at once, not after it is complete)."""
+    mark = cur.mark()
+    yes = (yield from cur.expect("{", ws=True)) and (
+        (yield from json_string(cur, limit=16)) in ("name", "type")
+    )
+    cur.revert(mark)
+    return yes
+
+
 def program(cur: Cursor, _ctx: ToolContext) -> Gen:
     mark = cur.mark()
-    yield from cur.skip_ws()
-    if (yield from cur.peek("{")) and (yield from _calls(cur)) != "fail":
+    if (yield from _looks_like_call(cur)) and (yield from _calls(cur)) != "fail":
         cur.release(mark)
     else:
         cur.revert(mark)

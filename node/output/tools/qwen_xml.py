@@ -20,7 +20,13 @@ import re
 from collections.abc import Generator, Sequence
 
 from node.output.scanner import Cursor, Gen
-from node.output.tools.grammar import calls_grammar, literal
+from node.output.tools.grammar import (
+    calls_grammar,
+    function_parameters,
+    literal,
+    schema_rules,
+    tool_name,
+)
 from node.output.tools.hermes import optional_close
 from node.output.tools.spec import (
     Outcome,
@@ -29,6 +35,7 @@ from node.output.tools.spec import (
     ToolContext,
     ToolFormat,
     marker_loop,
+    schema_types,
 )
 
 OPEN, CLOSE = "<tool_call>", "</tool_call>"
@@ -119,21 +126,35 @@ def program(cur: Cursor, ctx: ToolContext) -> Gen:
     yield from marker_loop(cur, (OPEN, FUNC), handler)
 
 
-def grammar(tools: Sequence[Tool], choice: ToolChoice, parallel: bool) -> str:
-    # Parameters are raw text in this syntax; the grammar fixes the markup and the names and
-    # lets values be any text without a closing tag, so string values stay free.
-    def body(name: str, _args: str) -> str:
-        return (
-            f"{literal(OPEN + chr(10) + FUNC + name + '>' + chr(10))} tc-param* "
-            f"{literal(FUNC_END + chr(10) + CLOSE)}"
-        )
+def _call_rules(prefix: str, tool: Tool) -> tuple[str, str]:
+    """The call markup with each declared parameter in order (the required ones present): a
+    string parameter is free text without a closing tag, any other value JSON under its schema.
+    """
+    params = function_parameters(tool)
+    props = params.get("properties") or {}
+    required = set(params.get("required") or [])
+    parts: list[str] = []
+    rules: list[str] = []
+    for k, (pname, schema) in enumerate(props.items()):
+        schema = schema if isinstance(schema, dict) else {}
+        if schema_types(schema) == {"string"}:
+            value = "tc-value"
+        else:
+            value, text = schema_rules(schema, f"{prefix}p{k}-")
+            rules.append(text)
+        rule = f"{prefix}param{k}"
+        head = literal(f"{PARAM}{pname}>\n")
+        rules.append(f"{rule} ::= {head} {value} {literal(chr(10) + PARAM_END + chr(10))}\n")
+        parts.append(rule if pname in required else f"{rule}?")
+    opening = literal(f"{OPEN}\n{FUNC}{tool_name(tool)}>\n")
+    body = " ".join((opening, *parts, literal(f"{FUNC_END}\n{CLOSE}")))
+    return body, "".join(rules)
 
-    text = calls_grammar(tools, choice, parallel, body)
-    return text + (
-        f"tc-param ::= {literal(PARAM)} [A-Za-z0-9_.-]+ {literal('>' + chr(10))} "
-        f"tc-value {literal(chr(10) + PARAM_END + chr(10))}\n"
-        'tc-value ::= ([^<] | "<" [^/])*\n'
-    )
+
+def grammar(tools: Sequence[Tool], choice: ToolChoice, parallel: bool) -> str:
+    text = calls_grammar(tools, choice, parallel, call_rules=_call_rules)
+    # free text that cannot close the parameter: no "</p" (so "</b>" is fine)
+    return text + 'tc-value ::= ([^<] | "<" ([^/] | "/" [^p]))*\n'
 
 
 FORMAT = ToolFormat(

@@ -47,11 +47,11 @@ class ToolContext:
             fn = tool.get("function") or {}
             if fn.get("name") == function:
                 props = (fn.get("parameters") or {}).get("properties") or {}
-                return {k: _schema_types(v) for k, v in props.items() if isinstance(v, dict)}
+                return {k: schema_types(v) for k, v in props.items() if isinstance(v, dict)}
         return {}
 
 
-def _schema_types(schema: Mapping[str, Any]) -> set[str]:
+def schema_types(schema: Mapping[str, Any]) -> set[str]:
     kind = schema.get("type")
     if isinstance(kind, str):
         return {kind}
@@ -63,7 +63,7 @@ def _schema_types(schema: Mapping[str, Any]) -> set[str]:
     for key in ("anyOf", "oneOf"):
         for sub in schema.get(key) or []:
             if isinstance(sub, dict):
-                out |= _schema_types(sub)
+                out |= schema_types(sub)
     return out
 
 
