@@ -116,6 +116,13 @@ def test_xml_parameters_are_typed_by_the_schema_or_as_json() -> None:
     assert proc.feed(" two") == [ToolCallArgs(0, " two")]
 
 
+def test_a_bare_xml_function_tag_opens_a_call_only_for_an_offered_tool() -> None:
+    text = "Write <function=g> in the docs."
+    assert process_text(text, tool_format=XML, tools=TOOLS).content == text
+    text = "<function=f>\n</function>"
+    assert [c.name for c in process_text(text, tool_format=XML, tools=TOOLS).tool_calls] == ["f"]
+
+
 def test_xml_call_without_parameters_has_empty_arguments() -> None:
     text = "<tool_call>\n<function=f>\n</function>\n</tool_call>"
     (call,) = process_text(text, tool_format=XML).tool_calls

@@ -53,13 +53,13 @@ def _value(raw: str, types: set[str]) -> str:
         return json.dumps(raw, ensure_ascii=False)
 
 
-def _parameter(cur: Cursor, schema_types: dict[str, set[str]]) -> Generator[None, None, bool]:
+def _parameter(cur: Cursor, typed: dict[str, set[str]]) -> Generator[None, None, bool]:
     """After `<parameter=`: emit `"name": value`; False when malformed."""
     got = yield from cur.read_until((">",), limit=128)
     if got is None:
         return False
     name = got[0].strip()
-    types = schema_types.get(name, set())
+    types = typed.get(name, set())
     cur.args(json.dumps(name, ensure_ascii=False) + ": ")
     if (yield from cur.peek("\n")):  # the template puts the value on its own lines
         cur.pos += 1
@@ -92,6 +92,8 @@ def _call(cur: Cursor, marker: str, ctx: ToolContext) -> Generator[None, None, O
     if got is None or not _NAME.fullmatch(got[0].strip()):
         return "fail"
     name = got[0].strip()
+    if marker == FUNC and ctx.tools and name not in ctx.names():
+        return "fail"  # a bare <function=...> opens a call only for a tool on offer
     cur.start_call(name)
     types = ctx.parameter_types(name)
     cur.args("{")

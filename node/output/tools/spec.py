@@ -41,6 +41,9 @@ class ToolContext:
     tools: Sequence[Tool] = ()
     reasoning_raw: bool = False  # for formats that split reasoning themselves
 
+    def names(self) -> set[str]:
+        return {str((t.get("function") or {}).get("name")) for t in self.tools}
+
     def parameter_types(self, function: str) -> dict[str, set[str]]:
         """JSON-schema types of each parameter of `function` ({} if unknown)."""
         for tool in self.tools:
