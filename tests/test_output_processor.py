@@ -227,3 +227,29 @@ def test_llama3_json_that_is_not_a_call_is_content_at_once() -> None:
         ToolCallStart(0, proc.finish().tool_calls[0].id, "f"),
         ToolCallArgs(0, '{"n": '),
     ]
+
+
+def test_in_reasoning_follows_the_think_block_and_the_analysis_channel() -> None:
+    def states(pieces: list[str], **kwargs: object) -> list[bool]:
+        proc = OutputProcessor(**kwargs)  # type: ignore[arg-type]
+        out = []
+        for piece in pieces:
+            proc.feed(piece)
+            out.append(proc.in_reasoning)
+        return out
+
+    think = ["<think>", "a", "b", "</think>", "c"]
+    assert states(think, think=THINK) == [True, True, True, False, False]
+    assert states(["a", "</think>", "c"], think=THINK, starts_in_reasoning=True) == [
+        True,
+        False,
+        False,
+    ]
+    harmony = [
+        "<|channel|>analysis<|message|>",
+        "a",
+        "<|end|><|start|>assistant<|channel|>final<|message|>",
+        "c",
+    ]
+    assert states(harmony, tool_format=HARMONY) == [True, True, False, False]
+    assert states(harmony, tool_format=HARMONY, reasoning_raw=True) == [True, True, False, False]

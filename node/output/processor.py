@@ -68,6 +68,13 @@ class OutputProcessor:
                 self._tools = Machine(lambda cur: tool_format.program(cur, ctx), ids)
         self._all: list[Part] = []
 
+    @property
+    def in_reasoning(self) -> bool:
+        """True while the text fed so far ends inside a reasoning block (raw mode included):
+        the service counts the tokens fed in that state as reasoning tokens."""
+        machine = self._think or self._tools
+        return machine.cursor.in_reasoning
+
     def feed(self, text: str) -> list[Part]:
         """Parts for a new delta of output text."""
         if self._think is None:

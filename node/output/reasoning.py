@@ -44,9 +44,11 @@ def think_program(tags: ThinkTags, inside: bool, raw: bool) -> Callable[[Cursor]
             cur.pos += len(tags.open)
             if raw:
                 cur.reasoning(lead + tags.open)
+        cur.in_reasoning = True
         end = yield from cur.until(
             (tags.close, *tags.also_ends), cur.reasoning, consume=False, strip=not raw
         )
+        cur.in_reasoning = False
         if end is None:
             return None
         if end == tags.close:

@@ -56,6 +56,7 @@ class Cursor:
         self._marks: list[int] = []
         self.n_calls = 0
         self.trimmed = ""  # the whitespace `until` dropped before the marker it last found
+        self.in_reasoning = False  # set by programs while they read a reasoning body
         self._open_call: int | None = None
 
     # -- input -----------------------------------------------------------------------------

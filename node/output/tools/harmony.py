@@ -45,12 +45,19 @@ def program(cur: Cursor, ctx: ToolContext) -> Gen:
             ok = yield from json_value(cur, cur.args)
             cur.end_call(ok)
             end = yield from cur.until(_ENDS, lambda _t: None)  # anything after the JSON
+        elif channel and channel.group(1) == "analysis":
+            cur.in_reasoning = True
+            if raw:
+                cur.content(header + MESSAGE)
+                end = yield from cur.until(_ENDS, cur.content)
+                cur.content(end or "")
+            else:
+                end = yield from cur.until(_ENDS, cur.reasoning, strip=True)
+            cur.in_reasoning = False
         elif raw:
             cur.content(header + MESSAGE)
             end = yield from cur.until(_ENDS, cur.content)
             cur.content(end or "")
-        elif channel and channel.group(1) == "analysis":
-            end = yield from cur.until(_ENDS, cur.reasoning, strip=True)
         else:
             end = yield from cur.until(_ENDS, cur.content)
         if end is None:
