@@ -83,6 +83,7 @@ class LimitedHttpProtocol(HttpToolsProtocol):
         self._node_app = self.app
         self._head_timer: asyncio.TimerHandle | None = None
         self._body_timer: asyncio.TimerHandle | None = None
+        self._body_pending = False  # headers in, body not complete
         self._reading_head = True  # the next bytes belong to a request head
         self._head_bytes = 0  # raw bytes of the head so far (httptools buffers a header whole)
         self._headers_seen = 0
@@ -106,7 +107,13 @@ class LimitedHttpProtocol(HttpToolsProtocol):
         if self._reading_head:
             self._head_bytes += len(data)
         super().data_received(data)
-        if not self._reading_head or self.transport.is_closing():
+        if self.transport.is_closing():
+            return
+        if not self._reading_head:
+            if self._body_pending and self._body_timer is None:  # not in the head's bytes
+                self._body_timer = self.loop.call_later(
+                    self.limits.body_timeout, self._body_timed_out
+                )
             return
         if self._head_bytes > self.limits.max_header_bytes:
             self._reject(self._head_too_large())
@@ -161,11 +168,11 @@ class LimitedHttpProtocol(HttpToolsProtocol):
                 self.app = self._node_app
         # Only now: had the parent refused the head, the error would answer at a boundary.
         self._reading_head = False
-        if any(name in _BODY_HEADERS for name, _ in self.headers):
-            self._body_timer = self.loop.call_later(self.limits.body_timeout, self._body_timed_out)
+        self._body_pending = any(name in _BODY_HEADERS for name, _ in self.headers)
 
     def on_message_complete(self) -> None:
         super().on_message_complete()
+        self._body_pending = False
         if self._body_timer is not None:
             self._body_timer.cancel()
             self._body_timer = None
