@@ -26,7 +26,7 @@ from node.config import embedded_model_path
 from tests.api_fixtures import free_port
 from tests.test_api_e2e import LLM_NODE, cli
 
-TIMEOUT = 1.5  # --header-timeout and --body-timeout of the server under test
+TIMEOUT = 1.5  # --header-timeout, --body-timeout and --write-timeout of the server under test
 SLACK = 2.5  # how late a drop may come on a loaded 2-core box
 MAX_CONNECTIONS = 12
 MAX_HEADER_KB = 8
@@ -65,6 +65,7 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
     process = subprocess.Popen(
         [LLM_NODE, "serve", "--port", str(port), "--models", str(registry), "--db", str(db),
          "--header-timeout", str(TIMEOUT), "--body-timeout", str(TIMEOUT),
+         "--write-timeout", str(TIMEOUT),
          "--max-connections", str(MAX_CONNECTIONS), "--max-header-kb", str(MAX_HEADER_KB),
          "--max-headers", str(MAX_HEADERS), "--max-body-mb", str(MAX_BODY_MB)],
         stdout=log, stderr=subprocess.STDOUT,
@@ -78,6 +79,7 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
             time.sleep(0.1)
         yield Node("127.0.0.1", port, secret)
         assert process.poll() is None, "the node died: " + (tmp / "server.log").read_text()
+        assert "Traceback" not in (tmp / "server.log").read_text()  # no error of ours either
     finally:
         process.send_signal(signal.SIGINT)
         try:
@@ -247,6 +249,21 @@ def test_a_malformed_request_after_a_kept_alive_one_still_gets_its_error(node: N
     assert answer.status == 400 and answer.error["code"] == "invalid_http_request"
 
 
+def test_a_client_that_reads_nothing_is_dropped_after_the_write_timeout(node: Node) -> None:
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connect: small window
+    sock.connect((node.host, node.port))
+    started = time.monotonic()
+    sock.sendall(b"GET /openapi.json HTTP/1.1\r\nHost: node\r\n\r\n" * 1000)  # ~14 MB due
+    hangup = select.poll()
+    hangup.register(sock, select.POLLRDHUP)  # POLLERR and POLLHUP always: the server's abort
+    events = hangup.poll((TIMEOUT + SLACK) * 1000)
+    elapsed = time.monotonic() - started
+    sock.close()
+    assert events and events[0][1] & (select.POLLHUP | select.POLLERR | select.POLLRDHUP)
+    assert TIMEOUT - 0.05 <= elapsed <= TIMEOUT + SLACK
+
+
 LINE = b"GET /health HTTP/1.1\r\nHost: node\r\n"
 KIB = 1024
 
@@ -342,6 +359,7 @@ def test_one_connection_too_many_gets_503_and_a_freed_one_is_reused(node: Node) 
     [
         ["--header-timeout", "0"],
         ["--body-timeout", "-1"],
+        ["--write-timeout", "0"],
         ["--max-header-kb", "0"],
         ["--max-headers", "0"],
         ["--max-connections", "0"],

@@ -7,17 +7,25 @@ This subclass adds a head deadline (from the connection's start, or from the fir
 keep-alive request that did not arrive whole), a body deadline (from the end of the head), limits
 on the head's bytes and header count and on open connections, and answers each with
 `{"error": {...}}` and `connection: close`. The deadlines are totals, not idle times: a client
-sending one byte a second is cut off like a silent one.
+sending one byte a second is cut off like a silent one. A client that stops reading its response
+is dropped once our writes have waited on it for the write timeout.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
+import socket
+import struct
 from typing import Any, ClassVar
 
-from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import (
+    STATUS_LINE,
+    HttpToolsProtocol,
+    RequestResponseCycle,
+)
 
 from node.api.errors import ApiError
 from node.api.limits import HttpLimits
@@ -90,6 +98,8 @@ class LimitedHttpProtocol(HttpToolsProtocol):
         self._header_bytes = 0  # exact: request target plus header names and values
         self._rejection: ApiError | None = None
         self._linger_timer: asyncio.TimerHandle | None = None
+        self._write_timer: asyncio.TimerHandle | None = None
+        self._cycles: list[RequestResponseCycle] = []  # the running one and pipelined ones
 
     # -- connection -----------------------------------------------------------------------
 
@@ -99,6 +109,7 @@ class LimitedHttpProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_timers()
+        self._disconnect_cycles()  # the parent tells only the newest, not a running older one
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
@@ -119,6 +130,19 @@ class LimitedHttpProtocol(HttpToolsProtocol):
             self._reject(self._head_too_large())
         elif self._idle_between_responses():
             self._arm_head_timer()  # part of a head arrived; the rest must follow in time
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        if self._write_timer is None:
+            self._write_timer = self.loop.call_later(
+                self.limits.write_timeout, self._write_timed_out
+            )
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        if self._write_timer is not None:
+            self._write_timer.cancel()
+            self._write_timer = None
 
     def send_400_response(self, msg: str) -> None:
         """Every parse failure (and our own callback rejections) ends here."""
@@ -166,6 +190,8 @@ class LimitedHttpProtocol(HttpToolsProtocol):
                 super().on_headers_complete()
             finally:
                 self.app = self._node_app
+        self._cycles = [c for c in self._cycles if not c.response_complete]
+        self._cycles.append(self.cycle)
         # Only now: had the parent refused the head, the error would answer at a boundary.
         self._reading_head = False
         self._body_pending = any(name in _BODY_HEADERS for name, _ in self.headers)
@@ -198,10 +224,10 @@ class LimitedHttpProtocol(HttpToolsProtocol):
 
     def _cancel_timers(self) -> None:
         self._cancel_head_timer()
-        for timer in (self._body_timer, self._linger_timer):
+        for timer in (self._body_timer, self._linger_timer, self._write_timer):
             if timer is not None:
                 timer.cancel()
-        self._body_timer = None
+        self._body_timer = self._write_timer = None
 
     def _head_timed_out(self) -> None:
         self._head_timer = None
@@ -229,6 +255,23 @@ class LimitedHttpProtocol(HttpToolsProtocol):
         message = f"The request body did not arrive within {seconds} s."
         self._reject(ApiError(408, message, code="request_timeout"))
 
+    def _write_timed_out(self) -> None:
+        self._write_timer = None
+        log.info("client read nothing for %gs: dropped", self.limits.write_timeout)
+        sock = self.transport.get_extra_info("socket")
+        with contextlib.suppress(AttributeError, OSError):  # reset: the kernel's copy goes too
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self._disconnect_cycles()  # before anything writes again to the closed transport
+        self.flow.resume_writing()  # wake writers waiting to drain: they see the disconnect
+        self.transport.abort()  # close() would wait for the buffer to drain: it never will
+
+    def _disconnect_cycles(self) -> None:
+        for cycle in self._cycles:
+            if not cycle.response_complete:
+                cycle.disconnected = True
+            cycle.message_event.set()
+        self._cycles = []
+
     def _head_too_large(self) -> ApiError:
         message = f"The request line and headers exceed the limit of {self._limit_kib()}."
         return ApiError(431, message, code="request_header_fields_too_large")
@@ -254,7 +297,8 @@ class LimitedHttpProtocol(HttpToolsProtocol):
         if self.transport.can_write_eof():
             self.transport.write_eof()
         self.flow.resume_reading()
-        self._linger_timer = self.loop.call_later(LINGER_SECONDS, self.transport.close)
+        # abort, not close: a client that does not read either would hold close() forever.
+        self._linger_timer = self.loop.call_later(LINGER_SECONDS, self.transport.abort)
 
     def _can_answer(self) -> bool:
         """Whether a response now would be the answer to the request being read."""

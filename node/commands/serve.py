@@ -50,6 +50,13 @@ _SECONDS = click.FloatRange(min=0, min_open=True, max=3600)
     help="Seconds a client has for the whole body once its headers are in; then 408 and close.",
 )
 @click.option(
+    "--write-timeout",
+    default=_DEFAULT.write_timeout,
+    show_default=True,
+    type=_SECONDS,
+    help="Seconds the response may wait on a client that reads nothing; then the connection drops.",
+)
+@click.option(
     "--max-header-kb",
     default=_DEFAULT.max_header_bytes // KIB,
     show_default=True,
@@ -79,6 +86,7 @@ def serve(
     max_body_mb: float,
     header_timeout: float,
     body_timeout: float,
+    write_timeout: float,
     max_header_kb: int,
     max_headers: int,
     max_connections: int,
@@ -94,6 +102,7 @@ def serve(
     limits = HttpLimits(
         header_timeout=header_timeout,
         body_timeout=body_timeout,
+        write_timeout=write_timeout,
         max_header_bytes=max_header_kb * KIB,
         max_headers=max_headers,
         max_connections=max_connections,
