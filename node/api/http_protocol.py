@@ -118,8 +118,8 @@ class LimitedHttpProtocol(HttpToolsProtocol):
         if self._reading_head:
             self._head_bytes += len(data)
         super().data_received(data)
-        if self.transport.is_closing():
-            return
+        if self.transport.is_closing() or self._linger_timer is not None:
+            return  # refused just now
         if not self._reading_head:
             if self._body_pending and self._body_timer is None:  # not in the head's bytes
                 self._body_timer = self.loop.call_later(
