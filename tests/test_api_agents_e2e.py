@@ -1,7 +1,8 @@
 """Agents' features end to end: `llm-node serve` in its own process on the real SmolLM2 GGUF,
 the official `openai` SDK. SmolLM2's own template has no tools, so the registry gives the model a
 Hermes-style ChatML template (`tests/templates/hermes-chatml.jinja`): `tool_choice` "required"
-and a named function make the tiny model emit calls through a grammar.
+and a named function make the tiny model emit calls through a grammar. A second template opens
+`<think>` in the prompt, so the output is reasoning.
 
 Also: logprobs (chat and completions, streamed and not), `n` > 1 with the prompt billed once,
 token-array prompts and embedding inputs, `json_object` with a schema, and the 400s of bad input.
@@ -27,8 +28,11 @@ from tests.api_fixtures import free_port
 from tests.test_api_e2e import LLM_NODE, cli
 
 CHAT = "smollm2-tools"
+THINK = "smollm2-think"
 EMBED = "smollm2-embed"
-TEMPLATE = (Path(__file__).parent / "templates" / "hermes-chatml.jinja").read_text()
+TEMPLATES = Path(__file__).parent / "templates"
+TEMPLATE = (TEMPLATES / "hermes-chatml.jinja").read_text()
+THINK_TEMPLATE = (TEMPLATES / "think-chatml.jinja").read_text()  # opens <think> in the prompt
 WEATHER = {
     "type": "function",
     "function": {
@@ -90,6 +94,8 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
     (tmp / "models.toml").write_text(
         f'[[model]]\nid = "{CHAT}"\npath = "{gguf}"\nn_ctx = 4096\nparallel = 4\n'
         f"n_threads = 1\nchat_template = '''{TEMPLATE}'''\n\n"
+        f'[[model]]\nid = "{THINK}"\npath = "{gguf}"\nn_ctx = 1024\nparallel = 1\n'
+        f"n_threads = 1\nchat_template = '''{THINK_TEMPLATE}'''\n\n"
         f'[[model]]\nid = "{EMBED}"\npath = "{gguf}"\nn_ctx = 512\nparallel = 1\n'
         f"embeddings = true\nn_threads = 1\n"
     )
@@ -128,6 +134,121 @@ def _valid_call(name: str, arguments: str) -> dict:
     for key, value in args.items():
         assert value in props[key]["enum"], (key, value)
     return args
+
+
+# -- tools ---------------------------------------------------------------------------------------
+
+
+def test_required_tool_call_parses_validates_and_finishes_with_tool_calls(node: Node) -> None:
+    raw = node.client().chat.completions.with_raw_response.create(
+        model=CHAT, messages=ASK, tools=[WEATHER, TIME], tool_choice="required",
+        parallel_tool_calls=False, temperature=0, max_tokens=80,
+    )  # fmt: skip
+    completion = raw.parse()
+    choice = completion.choices[0]
+    assert choice.finish_reason == "tool_calls"
+    assert choice.message.content is None
+    [call] = choice.message.tool_calls
+    assert call.type == "function" and call.id.startswith("call_")
+    _valid_call(call.function.name, call.function.arguments)
+    row = node.row(raw.headers["x-request-id"])
+    assert row["completion_tokens"] == completion.usage.completion_tokens > 0
+
+
+def test_named_tool_choice_calls_that_function(node: Node) -> None:
+    completion = node.client().chat.completions.create(
+        model=CHAT, messages=ASK, tools=[WEATHER, TIME], temperature=0, max_tokens=80,
+        tool_choice={"type": "function", "function": {"name": "get_time"}},
+    )  # fmt: skip
+    calls = completion.choices[0].message.tool_calls
+    assert calls and all(c.function.name == "get_time" for c in calls)
+    for call in calls:
+        _valid_call(call.function.name, call.function.arguments)
+    assert completion.choices[0].finish_reason == "tool_calls"
+
+
+def test_streamed_tool_call_deltas_concatenate_to_the_non_streamed_calls(node: Node) -> None:
+    kwargs = dict(model=CHAT, messages=ASK, tools=[WEATHER, TIME], tool_choice="required",
+                  temperature=0, max_tokens=120, seed=7)  # fmt: skip
+    whole = node.client().chat.completions.create(**kwargs)
+    calls: dict[int, dict] = {}
+    reasons = []
+    for chunk in node.client().chat.completions.create(stream=True, **kwargs):
+        for choice in chunk.choices:
+            reasons.append(choice.finish_reason)
+            for delta in choice.delta.tool_calls or ():
+                call = calls.setdefault(delta.index, {"id": None, "name": "", "arguments": ""})
+                if delta.id:
+                    assert call["id"] is None  # id, type and name come once, first
+                    call["id"], call["name"] = delta.id, delta.function.name
+                    assert delta.type == "function"
+                call["arguments"] += delta.function.arguments or ""
+    expected = whole.choices[0].message.tool_calls
+    assert [calls[i]["name"] for i in sorted(calls)] == [c.function.name for c in expected]
+    assert [calls[i]["arguments"] for i in sorted(calls)] == [
+        c.function.arguments for c in expected
+    ]
+    assert reasons[-1] == whole.choices[0].finish_reason == "tool_calls"
+
+
+def test_full_agent_round_trip_through_the_sdk(node: Node) -> None:
+    client = node.client()
+    first = client.chat.completions.create(
+        model=CHAT, messages=ASK, tools=[WEATHER], tool_choice="required",
+        parallel_tool_calls=False, temperature=0, max_tokens=80,
+    )  # fmt: skip
+    call = first.choices[0].message.tool_calls[0]
+    history = [
+        *ASK,
+        {"role": "assistant", "content": None, "tool_calls": [call.model_dump()]},
+        {"role": "tool", "tool_call_id": call.id, "content": "18 degrees and sunny"},
+    ]
+    final = client.chat.completions.create(
+        model=CHAT, messages=history, tools=[WEATHER], tool_choice="none", temperature=0,
+        max_tokens=40,
+    )  # fmt: skip
+    choice = final.choices[0]
+    assert choice.message.tool_calls is None and choice.message.content
+    assert choice.finish_reason in ("stop", "length")
+    # The call and its result reached the prompt: they cost tokens beyond the question's.
+    base = client.chat.completions.create(
+        model=CHAT, messages=ASK, tools=[WEATHER], tool_choice="none", max_tokens=1
+    )
+    assert final.usage.prompt_tokens > base.usage.prompt_tokens + 20
+
+
+def test_auto_without_a_call_is_plain_text(node: Node) -> None:
+    completion = node.client().chat.completions.create(
+        model=CHAT, messages=[{"role": "user", "content": "Say hi."}], tools=[WEATHER],
+        tool_choice="auto", temperature=0, max_tokens=24,
+    )  # fmt: skip
+    choice = completion.choices[0]
+    if choice.message.tool_calls:  # the model may call; then the call must be valid
+        for call in choice.message.tool_calls:
+            _valid_call(call.function.name, call.function.arguments)
+        assert choice.finish_reason in ("tool_calls", "length")
+    else:
+        assert choice.message.content and choice.finish_reason in ("stop", "length")
+
+
+def test_a_think_template_splits_reasoning_and_counts_its_tokens(node: Node) -> None:
+    kwargs = dict(model=THINK, messages=[{"role": "user", "content": "Hi!"}], temperature=0,
+                  max_tokens=16)  # fmt: skip
+    whole = node.client().chat.completions.create(**kwargs)
+    message = whole.choices[0].message
+    reasoning = message.model_extra["reasoning_content"]
+    assert reasoning and not message.content  # no </think> from this tiny model: all reasoning
+    assert whole.usage.completion_tokens_details.reasoning_tokens == whole.usage.completion_tokens
+    streamed = "".join(
+        (choice.delta.model_extra or {}).get("reasoning_content") or ""
+        for chunk in node.client().chat.completions.create(stream=True, **kwargs)
+        for choice in chunk.choices
+    )
+    assert streamed == reasoning
+    raw = node.post("/v1/chat/completions", {**kwargs, "reasoning_format": "none"}).json()
+    raw_message = raw["choices"][0]["message"]
+    assert raw_message["content"].strip() == reasoning.strip()  # kept, verbatim, in the content
+    assert "reasoning_content" not in raw_message
 
 
 # -- logprobs, n, inputs ----------------------------------------------------------------------
@@ -221,6 +342,10 @@ def test_json_object_with_a_schema_is_constrained_to_it(node: Node) -> None:
 @pytest.mark.parametrize(
     ("body", "param"),
     [
+        ({"tools": [WEATHER], "tool_choice": {"type": "function", "function": {"name": "nope"}}},
+         None),
+        ({"tools": [{"type": "function", "function": {"name": "f", "parameters":
+          {"type": "no-such-type"}}}], "tool_choice": "required"}, "tools"),
         ({"messages": [*ASK, {"role": "tool", "tool_call_id": "call_x", "content": "1"}]},
          "messages[1].tool_call_id"),
         ({"logprobs": True, "top_logprobs": 21}, "top_logprobs"),

@@ -69,3 +69,12 @@ def test_registry_without_models_serves_the_embedded_default(tmp_path: Path) -> 
 def test_named_registry_that_does_not_exist_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(RegistryError, match="registry file not found"):
         resolve_models(tmp_path / "nope.toml")
+
+
+def test_tool_format_names_a_known_format(tmp_path: Path, default_gguf: Path) -> None:
+    (tmp_path / "m.gguf").symlink_to(default_gguf)
+    good = write(tmp_path, '[[model]]\nid = "a"\npath = "m.gguf"\ntool_format = "hermes"\n')
+    assert load_registry(good)[0].tool_format == "hermes"
+    bad = write(tmp_path, '[[model]]\nid = "a"\npath = "m.gguf"\ntool_format = "smoke"\n')
+    with pytest.raises(RegistryError, match=r"model\[1\]\.tool_format: .*unknown tool format"):
+        load_registry(bad)

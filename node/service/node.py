@@ -166,7 +166,9 @@ class NodeService:
 
     # -- metered work -----------------------------------------------------------------------
 
-    async def _open(self, admission: Admission, info: ModelInfo) -> Price | None:
+    async def _open(
+        self, admission: Admission, info: ModelInfo, prompt_tokens: int
+    ) -> Price | None:
         start = RequestStart(
             id=admission.request_id,
             key_id=admission.key.id,
@@ -177,6 +179,7 @@ class NodeService:
             gpu_type=self.gpu.type,
             gpu_name=self.gpu.name,
             user=admission.user,
+            prompt_tokens=prompt_tokens,  # a kill before the first checkpoint keeps the prompt
         )
         return await wait_meter(self.meter.open_request(start))
 
@@ -206,7 +209,8 @@ class NodeService:
             engine.validate(params)  # the client's mistakes are refused before a meter row exists
         except ValueError as exc:
             raise RejectedByModel(str(exc)) from exc
-        price = await self._open(admission, engine.info)  # MeterUnavailable: nothing generated
+        # MeterUnavailable: nothing generated. Each prompt is billed once, whatever its n.
+        price = await self._open(admission, engine.info, sum(len(p) for p in prompts))
 
         def submitter(prompt: list[int], j: int) -> Callable[[], Generation]:
             seed = None if params.seed is None or j == 0 else params.seed + j
@@ -236,6 +240,7 @@ class NodeService:
         """Embeddings are metered like generation: prompt tokens only. An input is text or
         token ids."""
         limit = engine.info.n_ctx_per_seq
+        n_prompt = 0
         for text in texts:
             try:
                 n = len(engine.tokenize(text)) if isinstance(text, str) else len(text)
@@ -245,7 +250,8 @@ class NodeService:
                 check_token_ids(text, engine.info, "input")
             if n > limit:
                 raise ContextOverflow(n, limit, param="input")
-        await self._open(admission, engine.info)
+            n_prompt += n
+        await self._open(admission, engine.info, n_prompt)
         began = time.perf_counter()
         self.observer.started(engine.info.id)
         status, counts = "error", TokenCounts()
