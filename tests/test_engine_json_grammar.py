@@ -65,8 +65,16 @@ SCHEMAS = {
         "required": ["address", "nick", "ok"],
     },
     "Pick a strange word.": {"enum": ['a"quote', "back\\slash", "new\nline", 7, None]},
+    "Make up a product code and a short note as JSON.": {
+        "type": "object",
+        "properties": {
+            "code": {"type": "string", "pattern": "^[A-Z]{2}-\\d{3}$"},
+            "note": {"type": "string", "pattern": '^([^,]|"){0,12}$'},
+        },
+        "required": ["code", "note"],
+    },
 }
-SEEDS = range(7)  # per prompt: 35 schema generations, plus the json_object ones
+SEEDS = range(6)  # per prompt: 36 schema generations, plus the json_object ones
 
 
 @pytest.fixture(scope="module")

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from node.engine.grammar import json_schema_grammar
+from node.engine.pattern import pattern_to_gbnf
 from node.engine.schema_check import MAX_DEPTH, MAX_REPEAT, normalise
 
 
@@ -28,7 +31,15 @@ def nested(depth: int) -> dict:
         ({"type": "object", "properties": {f"p{i}": {} for i in range(101)}}, "properties"),
         ({"type": "object", "maxProperties": 5}, "maxProperties is not supported"),
         ({"type": "integer", "minimum": 0}, "minimum is not supported"),
-        ({"type": "string", "pattern": "^(a+)+$"}, "pattern is not supported"),
+        ({"type": "string", "pattern": "a+"}, "anchored"),
+        ({"type": "string", "pattern": "^(?=a)b$"}, "lookaround"),
+        ({"type": "string", "pattern": "^(a{100}){100}$"}, "too complex"),
+        ({"type": "string", "pattern": "^a{1001}$"}, "out of bounds"),
+        ({"type": "string", "pattern": "^" + "(" * 17 + "a" + ")" * 17 + "$"}, "deeper"),
+        ({"type": "string", "pattern": "^a" * 200 + "$"}, "longer"),
+        ({"type": "string", "pattern": "^[a-$"}, "class"),
+        ({"type": "string", "pattern": "^\\p{L}$"}, "\\p"),
+        ({"type": "string", "pattern": "^a$", "maxLength": 3}, "pattern with"),
         ({"oneOf": [{"type": "string"}, {"type": "null"}]}, "oneOf"),
         ({"allOf": [{"type": "string"}, {"maxLength": 3}]}, "allOf"),
         ({"type": "string", "format": "email"}, "format 'email'"),
@@ -88,3 +99,25 @@ def test_literals_with_quotes_backslashes_and_newlines_stay_json():
     grammar = json_schema_grammar({"enum": ['a"b', "c\\d", "e\nf"]})
     root = next(line for line in grammar.splitlines() if line.startswith("root ::="))
     assert root == r'root ::= "\"a\\\"b\"" | "\"c\\\\d\"" | "\"e\\nf\""'
+
+
+def class_ranges(gbnf: str) -> list[tuple[int, int]]:
+    """Every code point range inside the [...] classes of a grammar we generated."""
+    found = []
+    for body in re.findall(r"\[([^\]]*)\]", gbnf):
+        for lo, hi in re.findall(r"\\U([0-9A-F]{8})(?:-\\U([0-9A-F]{8}))?", body):
+            found.append((int(lo, 16), int(hi or lo, 16)))
+    return found
+
+
+@pytest.mark.parametrize("pattern", ["^.*$", "^[^b]+$", "^\\D\\W\\S$", '^["\\\\a-z]$'])
+def test_pattern_classes_never_emit_raw_quotes_backslashes_or_controls(pattern):
+    ranges = class_ranges(pattern_to_gbnf(pattern))
+    assert ranges
+    for unsafe in [*range(0x20), 0x22, 0x5C, 0x7F]:
+        assert not any(lo <= unsafe <= hi for lo, hi in ranges), (pattern, hex(unsafe))
+
+
+def test_pattern_quotes_and_backslashes_become_their_json_escapes():
+    assert pattern_to_gbnf('^"$') == r'"\\\""'  # GBNF for the two characters \"
+    assert pattern_to_gbnf("^\\\\$") == r'"\\\\"'  # GBNF for the two characters \\

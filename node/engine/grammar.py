@@ -3,8 +3,8 @@
 Schemas go through `schema_check.normalise` (the supported subset, bounded) and then through
 llama-cpp-python's converter with three fixes: a string character is what JSON allows (no raw
 control characters), literals are escaped for GBNF (a backslash or newline in an enum value or
-property name stays JSON), and length / item bounds become GBNF `{m,n}` repetitions instead of
-one nested group per allowed character.
+property name stays JSON), length / item bounds become GBNF `{m,n}` repetitions instead of
+one nested group per allowed character, and `pattern` has its own JSON-safe translation.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from llama_cpp.llama_grammar import (
 )
 
 from node.engine.grammar_cache import check_grammar_text
+from node.engine.pattern import pattern_to_gbnf
 from node.engine.schema_check import normalise
 
 # Like llama.cpp's json.gbnf, but the root must be an object (OpenAI's `json_object` mode) and
@@ -81,6 +82,9 @@ class _Converter(SchemaConverter):  # type: ignore[misc]
         kind = schema.get("type")
         if not schema or (set(schema) <= {"$defs", "definitions"}):
             return self._add_rule(rule_name, self._add_primitive("value", PRIMITIVE_RULES["value"]))
+        if kind == "string" and "pattern" in schema:
+            inside = pattern_to_gbnf(schema["pattern"])
+            return self._add_rule(rule_name, f'"\\"" ({inside}) "\\"" space')
         if kind == "string" and "format" not in schema:
             char = self._add_primitive("char", PRIMITIVE_RULES["char"])
             body = _repeat(char, schema.get("minLength", 0), schema.get("maxLength"))

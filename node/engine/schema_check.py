@@ -12,6 +12,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from node.engine.pattern import pattern_to_gbnf
+
 MAX_DEPTH = 32  # nested subschemas
 MAX_SUBSCHEMAS = 2000
 MAX_REPEAT = 1000  # minLength / maxLength / minItems / maxItems
@@ -29,7 +31,6 @@ UNSUPPORTED = frozenset(
         "exclusiveMinimum",
         "exclusiveMaximum",
         "multipleOf",
-        "pattern",
         "patternProperties",
         "propertyNames",
         "minProperties",
@@ -75,6 +76,7 @@ STRUCTURAL = frozenset(
         "minLength",
         "maxLength",
         "format",
+        "pattern",
     }
 )
 
@@ -208,6 +210,14 @@ class _Walker:
             if "minLength" in s or "maxLength" in s:
                 raise SchemaError(path, "format with minLength/maxLength is not supported")
             out["format"] = fmt
+        if "pattern" in s:
+            if {"format", "minLength", "maxLength"} & set(s):
+                raise SchemaError(path, "pattern with format/minLength/maxLength is not supported")
+            try:
+                pattern_to_gbnf(s["pattern"])
+            except ValueError as exc:
+                raise SchemaError(path, str(exc)) from None
+            out["pattern"] = s["pattern"]
         low, high = _bounds(s, "minLength", "maxLength", path)
         if low:
             out["minLength"] = low
@@ -275,7 +285,7 @@ class _Walker:
 
 
 _FAMILIES = {
-    "string": {"minLength", "maxLength", "format"},
+    "string": {"minLength", "maxLength", "format", "pattern"},
     "object": {"properties", "required", "additionalProperties"},
     "array": {"items", "prefixItems", "minItems", "maxItems"},
 }
