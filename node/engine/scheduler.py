@@ -18,6 +18,7 @@ import llama_cpp
 
 from node.engine.batch import TokenBatch
 from node.engine.generation import Request, deliver
+from node.engine.grammar_cache import GrammarCache
 from node.engine.interface import (
     ContextOverflow,
     EngineBusy,
@@ -79,6 +80,7 @@ class Scheduler:
             )
         )
         self._memory = llama_cpp.llama_get_memory(self._ctx)
+        self._grammars = GrammarCache(model.vocab)  # parsed once in validate, cloned in submit
         self._gen_batch = TokenBatch(self.parallel)
         self._prompt_batch = TokenBatch(self.n_batch)
         self._slots = [_Slot(i) for i in range(self.parallel)]
@@ -108,7 +110,8 @@ class Scheduler:
             raise ContextOverflow(n_prompt_tokens, self.n_ctx_per_seq)
 
     def validate(self, params: SamplingParams) -> None:
-        SequenceSampler(self.model, params).close()  # raises ValueError as submit would
+        # Raises ValueError as submit would; the parsed grammar stays cached for submit.
+        SequenceSampler(self.model, params, self._grammars).close()
 
     def submit(self, prompt_tokens: list[int], params: SamplingParams) -> Request:
         if not prompt_tokens:
@@ -120,7 +123,7 @@ class Scheduler:
                 raise RuntimeError(f"model {self.info.id} is shut down")
             if len(self._waiting) >= self.max_queue:
                 raise EngineBusy()
-        sampler = SequenceSampler(self.model, params)  # raises ValueError on a bad grammar
+        sampler = SequenceSampler(self.model, params, self._grammars)  # ValueError: bad params
         sampler.accept_prompt(prompt_tokens)
         request = Request(list(prompt_tokens), params, sampler, loop)
         with self._cond:
@@ -148,6 +151,7 @@ class Scheduler:
             self._stopping = True
             self._cond.notify()
         self._thread.join()
+        self._grammars.close()
         llama_cpp.llama_free(self._ctx)
         self._ctx = None
         self.model.close()
@@ -356,10 +360,21 @@ class Scheduler:
         del slot.cache[keep:]
 
     def _sample(self, slot: _Slot, index: int, events: Events) -> None:
-        """Sample the slot's next token from batch position `index` and hand it on."""
+        """Sample the slot's next token (with its logprobs when asked for); a sampler failure
+        or an id llama.cpp would abort on (e.g. from NaN logits) fails this request alone."""
         request = slot.request
         assert request is not None
-        token, logprob = sample(self.model, self._ctx, index, request.sampler, request.params)
+        try:
+            token, logprob = sample(self.model, self._ctx, index, request.sampler, request.params)
+        except Exception as exc:
+            log.exception("model %s: sampling failed", self.info.id)
+            self._finish(slot, "error", events, drop_kv=True, error=f"sampling failed: {exc}")
+            return
+        if not 0 <= token < self.model.n_vocab:
+            error = f"sampling produced token id {token}, outside the vocabulary"
+            log.error("model %s: %s", self.info.id, error)
+            self._finish(slot, "error", events, drop_kv=True, error=error)
+            return
         if self.model.is_eog(token):
             self._finish(slot, "eos", events)
             return
