@@ -78,3 +78,29 @@ def test_a_broken_template_is_a_value_error() -> None:
     failing = ChatTemplate("{{ messages[0].nope.deeper }}", "", "")
     with pytest.raises(ValueError, match="chat template failed"):
         failing.render([ChatMessage("user", "x")])
+
+
+REAL = sorted((Path(__file__).parent / "fixtures" / "output").glob("*.jinja"))
+
+
+@pytest.mark.parametrize("path", REAL, ids=[p.stem for p in REAL])
+def test_real_templates_render_an_agent_round_trip(path: Path) -> None:
+    """The chat templates of Qwen2.5/3/3.5/3-Coder, Llama 3.1/3.2, Mistral, DeepSeek-R1 and
+    gpt-oss get the tools, the assistant's call (arguments as an object) and the tool result."""
+    template = ChatTemplate(path.read_text(), "<s>", "</s>")
+    call = ToolCall("abcdefghi", "get_weather", '{"city": "Paris"}')  # Mistral wants 9 chars
+    prompt = template.render(
+        [
+            ChatMessage("system", "Be brief."),
+            ChatMessage("user", "Weather in Paris?"),
+            ChatMessage("assistant", None, tool_calls=(call,)),
+            ChatMessage("tool", "18 C and sunny", tool_call_id="abcdefghi", name="get_weather"),
+        ],
+        tools=[WEATHER],
+    )
+    offered = "DeepSeek-R1" not in path.name  # its template never lists the tools
+    assert prompt.count("get_weather") >= (2 if offered else 1)  # offered, then called
+    assert ("Current weather in a city." in prompt) == offered
+    assert "Paris" in prompt.split("Weather in Paris?", 1)[1]  # the call's argument
+    assert "18 C and sunny" in prompt
+    assert "None" not in prompt  # no missing content printed as Python's None
