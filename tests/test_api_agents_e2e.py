@@ -343,7 +343,7 @@ def test_json_object_with_a_schema_is_constrained_to_it(node: Node) -> None:
     ("body", "param"),
     [
         ({"tools": [WEATHER], "tool_choice": {"type": "function", "function": {"name": "nope"}}},
-         None),
+         "tool_choice"),
         ({"tools": [{"type": "function", "function": {"name": "f", "parameters":
           {"type": "no-such-type"}}}], "tool_choice": "required"}, "tools"),
         ({"messages": [*ASK, {"role": "tool", "tool_call_id": "call_x", "content": "1"}]},

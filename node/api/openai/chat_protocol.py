@@ -125,18 +125,6 @@ class ChatCompletionRequest(SamplingFields):
             raise ValueError("top_logprobs requires logprobs to be true")
         return top
 
-    @model_validator(mode="after")
-    def _tools_consistent(self) -> ChatCompletionRequest:
-        names = [tool.function.name for tool in self.tools or []]
-        if len(set(names)) != len(names):
-            raise ValueError("tools: function names must be unique")
-        choice = self.tool_choice
-        if choice not in (None, "none", "auto") and not names:
-            raise ValueError("tool_choice needs tools")
-        if isinstance(choice, NamedToolChoice) and choice.function.name not in names:
-            raise ValueError(f"tool_choice: no tool named {choice.function.name!r}")
-        return self
-
     def completion_limit(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens
 
@@ -169,8 +157,16 @@ class ChatCompletionRequest(SamplingFields):
         ]
 
     def first_problem(self) -> tuple[str, str] | None:
-        """(message, param) of the first thing pydantic cannot say: images, unknown call ids,
-        arguments that are no JSON."""
+        """(message, param) of the first thing pydantic cannot say: tools and tool_choice that
+        disagree, images, unknown call ids, arguments that are no JSON."""
+        names = [tool.function.name for tool in self.tools or []]
+        if len(set(names)) != len(names):
+            return "function names must be unique", "tools"
+        choice = self.tool_choice
+        if choice not in (None, "none", "auto") and not names:
+            return "a tool_choice other than none or auto needs tools", "tool_choice"
+        if isinstance(choice, NamedToolChoice) and choice.function.name not in names:
+            return f"no tool is named {choice.function.name!r}", "tool_choice"
         call_ids: set[str] = set()
         for i, m in enumerate(self.messages):
             if m.images():
