@@ -36,6 +36,7 @@ class ModelSpec(BaseModel):
     embeddings: bool = False
     chat_template: str | None = None
     tool_format: str | None = None  # overrides the format detected from the chat template
+    reasoning_format: Literal["auto", "none"] = "auto"  # "none": reasoning stays in the content
     n_threads: int | None = Field(default=None, ge=1)
     n_batch: int = Field(default=512, ge=1)
     flash_attn: bool = False

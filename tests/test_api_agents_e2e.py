@@ -96,6 +96,8 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
         f"n_threads = 1\nchat_template = '''{TEMPLATE}'''\n\n"
         f'[[model]]\nid = "{THINK}"\npath = "{gguf}"\nn_ctx = 1024\nparallel = 1\n'
         f"n_threads = 1\nchat_template = '''{THINK_TEMPLATE}'''\n\n"
+        f'[[model]]\nid = "{THINK}-raw"\npath = "{gguf}"\nn_ctx = 512\nparallel = 1\n'
+        f"n_threads = 1\nreasoning_format = 'none'\nchat_template = '''{THINK_TEMPLATE}'''\n\n"
         f'[[model]]\nid = "{EMBED}"\npath = "{gguf}"\nn_ctx = 512\nparallel = 1\n'
         f"embeddings = true\nn_threads = 1\n"
     )
@@ -249,6 +251,9 @@ def test_a_think_template_splits_reasoning_and_counts_its_tokens(node: Node) -> 
     raw_message = raw["choices"][0]["message"]
     assert raw_message["content"].strip() == reasoning.strip()  # kept, verbatim, in the content
     assert "reasoning_content" not in raw_message
+    # The registry's reasoning_format = "none" does the same for every request of its model.
+    by_registry = node.client().chat.completions.create(**{**kwargs, "model": f"{THINK}-raw"})
+    assert by_registry.choices[0].message.content.strip() == reasoning.strip()
 
 
 # -- logprobs, n, inputs ----------------------------------------------------------------------

@@ -163,6 +163,7 @@ class ModelInfo:
     n_embd: int
     n_vocab: int = 0  # token ids a client may send are 0 .. n_vocab - 1
     tool_format: str | None = None  # the registry's override of the detected tool-call format
+    reasoning_raw: bool = False  # the registry keeps reasoning inside the content by default
 
 
 class ContextOverflow(NodeError, ValueError):

@@ -244,6 +244,7 @@ class LoadedModel:
             n_embd=self.n_embd,
             n_vocab=self.n_vocab,
             tool_format=self.spec.tool_format,
+            reasoning_raw=self.spec.reasoning_format == "none",
         )
 
     def context_params(

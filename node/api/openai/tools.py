@@ -94,7 +94,8 @@ def plan_output(body: ChatCompletionRequest, engine: GenerationEngine) -> Output
         tools=tools,
         parallel=parallel,
         think=detect_think_tags(engine.chat_template, fmt),
-        reasoning_raw=body.reasoning_format == "none",
+        reasoning_raw=body.reasoning_format == "none"
+        or (body.reasoning_format is None and engine.info.reasoning_raw),
         grammar=grammar,
         lazy_grammar=lazy,
         triggers=tuple(fmt.triggers) if fmt is not None and lazy is not None else (),
