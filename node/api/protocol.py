@@ -15,7 +15,15 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, StringConstraints, Tag
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Discriminator,
+    Field,
+    StringConstraints,
+    Tag,
+)
 
 from node.engine.interface import SamplingParams
 
@@ -57,6 +65,19 @@ def text_or_list(text: Any, items: Any, what: str) -> Any:
     ]
 
 
+def _integral(value: Any) -> Any:
+    """JSON Schema's `integer` includes 4.0; strict mode alone would refuse it."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+def integer(**bounds: int) -> Any:
+    """An int, bounds first: a bound after the validator would leave the JSON schema as a raw
+    `ge` instead of `minimum`."""
+    return Annotated[int, Field(**bounds), BeforeValidator(_integral)]  # type: ignore[arg-type]
+
+
+Int = integer()
+One = Annotated[Literal[1], BeforeValidator(_integral)]
 NonEmpty = Annotated[str, StringConstraints(min_length=1)]
 # ASCII decimal without leading zeros: "²" and "٣" are no token ids, "07" would alias "7".
 TokenId = Annotated[str, StringConstraints(pattern=r"^(0|[1-9][0-9]{0,9})$")]
@@ -128,10 +149,10 @@ class SamplingFields(_Body):
     logit_bias: LogitBias | None = Field(
         default=None, description="Token id (ASCII decimal, in the model's vocabulary) → bias."
     )
-    max_tokens: int | None = Field(default=None, ge=1)
-    n: Literal[1] | None = unsupported("1")
+    max_tokens: integer(ge=1) | None = None
+    n: One | None = unsupported("1")
     presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
-    seed: int | None = None
+    seed: Int | None = None
     stop: Stop | None = None
     stream: bool | None = False
     stream_options: StreamOptions | None = Field(
@@ -141,7 +162,7 @@ class SamplingFields(_Body):
     top_p: float | None = Field(default=None, ge=0.0, le=1.0)
     user: str | None = Field(default=None, max_length=256)
     # llama.cpp extensions
-    top_k: int | None = Field(default=None, ge=0, le=1_000_000)
+    top_k: integer(ge=0, le=1_000_000) | None = None
     min_p: float | None = Field(default=None, ge=0.0, le=1.0)
     repeat_penalty: float | None = Field(default=None, gt=0.0, le=10.0)
 
@@ -251,7 +272,7 @@ class ChatCompletionRequest(SamplingFields):
     function_call: None = unsupported("null")
     functions: None = unsupported("null")
     logprobs: Literal[False] | None = unsupported("false")
-    max_completion_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: integer(ge=1) | None = None
     metadata: Metadata | None = Field(default=None, description="Accepted and ignored.")
     modalities: Annotated[list[Literal["text"]], Field(min_length=1)] | None = unsupported(
         '["text"]'
@@ -296,10 +317,10 @@ class CompletionRequest(SamplingFields):
         Annotated[list[NonEmpty], Field(min_length=1, max_length=1)],
         "a string or a list of one",
     )
-    best_of: Literal[1] | None = unsupported("1")
+    best_of: One | None = unsupported("1")
     echo: Literal[False] | None = unsupported("false")
     logprobs: None = unsupported("null")
-    max_tokens: int | None = Field(default=16, ge=1)  # OpenAI's default for completions
+    max_tokens: integer(ge=1) | None = 16  # OpenAI's default for completions
     suffix: None = unsupported("null")
 
     def prompt_text(self) -> str:
@@ -314,7 +335,7 @@ class EmbeddingRequest(_Body):
     )
     model: str = Field(min_length=1)
     encoding_format: Literal["float", "base64"] = "float"
-    dimensions: int | None = Field(default=None, ge=1)
+    dimensions: integer(ge=1) | None = None
     user: str | None = Field(default=None, max_length=256)
 
     def texts(self) -> list[str]:
