@@ -251,7 +251,9 @@ class NodeService:
 
     # -- metered work -----------------------------------------------------------------------
 
-    async def _open(self, admission: Admission, info: ModelInfo) -> Price | None:
+    async def _open(
+        self, admission: Admission, info: ModelInfo, prompt_tokens: int
+    ) -> Price | None:
         start = RequestStart(
             id=admission.request_id,
             key_id=admission.key.id,
@@ -262,6 +264,7 @@ class NodeService:
             gpu_type=self.gpu.type,
             gpu_name=self.gpu.name,
             user=admission.user,
+            prompt_tokens=prompt_tokens,  # a kill before the first checkpoint keeps the prompt
         )
         return await _wait(self.meter.open_request(start))
 
@@ -278,7 +281,8 @@ class NodeService:
             engine.validate(params)  # the client's mistakes are refused before a meter row exists
         except ValueError as exc:
             raise RejectedByModel(str(exc)) from exc
-        price = await self._open(admission, engine.info)  # MeterUnavailable: nothing generated
+        # MeterUnavailable: nothing generated
+        price = await self._open(admission, engine.info, len(prompt_tokens))
         try:
             generation = engine.submit(prompt_tokens, params)
         except BaseException as exc:
@@ -294,6 +298,7 @@ class NodeService:
     ) -> tuple[Embeddings, Bill]:
         """Embeddings are metered like generation: prompt tokens only."""
         limit = engine.info.n_ctx_per_seq
+        n_prompt = 0
         for text in texts:
             try:
                 n = len(engine.tokenize(text))
@@ -301,7 +306,8 @@ class NodeService:
                 raise RejectedByModel(str(exc)) from exc
             if n > limit:
                 raise ContextOverflow(n, limit)
-        await self._open(admission, engine.info)
+            n_prompt += n
+        await self._open(admission, engine.info, n_prompt)
         began = time.perf_counter()
         self.observer.started(engine.info.id)
         status, counts = "error", TokenCounts()

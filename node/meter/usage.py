@@ -30,6 +30,11 @@ class Usage:
 
 @dataclass(frozen=True)
 class RequestStart:
+    """What is known at admission. The prompt is counted before the row opens, so a node
+    killed during prefill still leaves its prompt tokens on the (then interrupted) row.
+    `cached_tokens`: the prompt's cached prefix if already known; the engine learns it when a
+    slot takes the request, and the next checkpoint or the finish records it."""
+
     id: str
     key_id: str
     org: str | None
@@ -39,6 +44,8 @@ class RequestStart:
     gpu_type: str
     gpu_name: str
     user: str | None
+    prompt_tokens: int
+    cached_tokens: int = 0
 
 
 @dataclass(frozen=True)
@@ -54,6 +61,7 @@ def open_request(
     """Insert the row (status running) with the prices in force now; idempotent by id."""
     if not start.id:
         raise ValueError("request id is empty")
+    _check_counts(Usage(start.prompt_tokens, start.cached_tokens, 0))
     existing = conn.execute(
         "SELECT model, gpu_type, prompt_price_micro, completion_price_micro, currency"
         " FROM requests WHERE id = ?",
@@ -69,8 +77,9 @@ def open_request(
     price = prices.current_micro(conn, start.model, start.gpu_type)
     conn.execute(
         "INSERT INTO requests (id, key_id, org, endpoint, model, quant_type, gpu_type, gpu_name,"
-        " started, prompt_price_micro, completion_price_micro, currency, user, status)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'running')",
+        " started, prompt_price_micro, completion_price_micro, currency, user, prompt_tokens,"
+        " cached_tokens, cost_units, status)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'running')",
         (
             start.id,
             start.key_id,
@@ -85,6 +94,9 @@ def open_request(
             None if price is None else price.completion,
             None if price is None else price.currency,
             start.user,
+            start.prompt_tokens,
+            start.cached_tokens,
+            0 if price is None else start.prompt_tokens * price.prompt,  # billed if interrupted
         ),
     )
     return None if price is None else prices.to_price(start.model, start.gpu_type, price)
