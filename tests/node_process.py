@@ -47,14 +47,16 @@ def start_server(
     port: int | None = None,
     parallel: int = 4,
     n_ctx_per_seq: int = N_CTX_PER_SEQ,
+    extra: tuple[str, ...] = (),
 ) -> tuple[str, subprocess.Popen[bytes]]:
-    """Start the node and wait until `/health` says every model is loaded."""
+    """Start the node (`extra`: more `serve` flags) and wait until `/health` says every model is
+    loaded."""
     registry = write_registry(tmp, parallel=parallel, n_ctx_per_seq=n_ctx_per_seq)
     port = port or free_port()
     log = open(tmp / "server.log", "ab")  # noqa: SIM115 - lives as long as the process
     process = subprocess.Popen(
         [LLM_NODE, "serve", "--port", str(port), "--models", str(registry), "--db", str(db),
-         "--gpu-type", "testgpu"],
+         "--gpu-type", "testgpu", *extra],
         stdout=log, stderr=subprocess.STDOUT,
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
