@@ -799,3 +799,42 @@ def test_loading_node_answers_503(tmp_path: Path) -> None:
     finally:
         pool.release()
         meter.close()
+
+
+def _walk(node: object) -> Iterator[dict]:
+    if isinstance(node, dict):
+        yield node
+        for value in node.values():
+            yield from _walk(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _walk(value)
+
+
+def test_openapi_states_the_validators_rules() -> None:
+    """The document is what the validators enforce: closed objects, JSON Schema keywords only
+    (a pydantic bound the schema cannot show would leak as `ge`), refused fields as consts."""
+    from node.api.openapi import openapi_document
+    from node.api.protocol import IGNORED, REQUEST_MODELS
+
+    schemas = openapi_document()["components"]["schemas"]
+    for name in REQUEST_MODELS:
+        for sub in _walk(schemas[name]):
+            assert not {"ge", "gt", "le", "lt"} & set(sub), (name, sub)
+    closed = [n for n, s in schemas.items() if s.get("type") == "object" and "properties" in s]
+    request_parts = [n for n in closed if n not in ("Error", "ChatCompletion", "TextCompletion",
+                     "EmbeddingList", "Model", "ModelList")]  # fmt: skip
+    assert {"ChatCompletionRequest", "UserMessage", "TextPart", "JsonSchema"} <= set(request_parts)
+    for name in request_parts:
+        assert schemas[name]["additionalProperties"] is False, name
+    chat = schemas["ChatCompletionRequest"]["properties"]
+    assert chat["tools"]["type"] == "null"
+    assert {"const": 1, "type": "integer"} in chat["n"]["anyOf"]
+    bias = chat["logit_bias"]["anyOf"][0]
+    assert bias["additionalProperties"] is False and list(bias["patternProperties"]) == [
+        "^(0|[1-9][0-9]{0,9})$"
+    ]
+    assert schemas["ToolMessage"]["required"] == ["role", "content", "tool_call_id"]
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    for name in IGNORED:
+        assert f"`{name}`" in readme, f"README must list the ignored field {name}"
