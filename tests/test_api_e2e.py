@@ -23,7 +23,16 @@ import pytest
 
 from node.meter import Meter
 from tests.api_fixtures import read_events_then_hang_up
-from tests.node_process import CHAT_ID, EMBED_ID, N_CTX_PER_SEQ, cli, start_server
+from tests.node_process import (  # LLM_NODE: re-exported for tests/test_http_limits.py
+    CHAT_ID,
+    EMBED_ID,
+    LLM_NODE,
+    N_CTX_PER_SEQ,
+    cli,
+    start_server,
+)
+
+__all__ = ["LLM_NODE", "cli"]
 
 
 @dataclass
