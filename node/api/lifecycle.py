@@ -33,7 +33,13 @@ from node.engine.interface import (
     SamplingParams,
     TextDelta,
 )
-from node.service import Admission, MeteredGeneration, MeterUnavailable, NodeService
+from node.service import (
+    Admission,
+    MeteredGeneration,
+    MeterUnavailable,
+    NodeService,
+    RejectedByModel,
+)
 
 PING_S = 15
 log = logging.getLogger("node.api")
@@ -101,9 +107,30 @@ async def respond(
         generation = await service.generate(job.admission, engine, job.prompts, job.params, job.n)
     except ContextOverflow as exc:
         raise context_overflow(exc, job.prompt_param) from None
+    except RejectedByModel as exc:
+        if exc.param is None:
+            exc.param = _rejected_param(engine, job.params)
+        raise
     if job.stream:
         return EventSourceResponse(_stream(generation, renderer), ping=PING_S, sep="\n")
     return await _collect(request, generation, renderer)
+
+
+def _rejected_param(engine: GenerationEngine, params: SamplingParams) -> str | None:
+    """The field the engine refused. Only on this error path: each part the client set is
+    validated alone until one fails."""
+    parts = (
+        ("logit_bias", SamplingParams(logit_bias=params.logit_bias) if params.logit_bias else None),
+        ("response_format", SamplingParams(grammar=params.grammar) if params.grammar else None),
+    )
+    for name, alone in parts:
+        if alone is None:
+            continue
+        try:
+            engine.validate(alone)
+        except ValueError:
+            return name
+    return None
 
 
 async def _stream(generation: MeteredGeneration, renderer: Renderer) -> AsyncIterator[str]:

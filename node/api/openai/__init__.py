@@ -7,7 +7,12 @@ disconnect, cancel) is shared by every dialect: `node.api.lifecycle`.
 
 from starlette.routing import Route
 
+from node.api.errors import register_request_models
 from node.api.openai import chat, completions, embeddings, models
+from node.api.openai.chat_protocol import ChatCompletionRequest
+from node.api.openai.protocol import CompletionRequest, EmbeddingRequest
+
+register_request_models(ChatCompletionRequest, CompletionRequest, EmbeddingRequest)
 
 ROUTES = [
     Route("/v1/chat/completions", chat.chat_completions, methods=["POST"]),

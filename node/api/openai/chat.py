@@ -193,8 +193,7 @@ async def chat_completions(request: Request) -> Response:
     problem = body.first_problem()
     if problem is not None:
         message, param = problem
-        code = "unsupported" if "image" in message else "invalid_value"
-        raise invalid(f"Invalid value for '{param}': {message}.", param, code)
+        raise invalid(f"Invalid value for '{param}': {message}.", param, "invalid_value")
     prompt, plan = render_prompt(body, engine, plan_output(body, engine))
     grammar = grammar_for(body.response_format)
     if grammar is not None and plan.grammar is not None:

@@ -1,8 +1,14 @@
 """OpenAI request bodies shared by chat and completions, and embeddings, as pydantic models in
 OpenAI's field names and order (the chat messages and tools: `chat_protocol`).
 
-Pure data: no engine, no meter. Unknown fields are ignored like OpenAI does; wrong types are
-rejected (strict mode: "1" is no number, 1 is no boolean). Extensions shared with llama.cpp's
+Pure data: no engine, no meter. These models are also what `/openapi.json` publishes, so every
+rule lives in a constraint the JSON schema shows (types, bounds, `const`, lengths, patterns):
+what the document allows, the node accepts. Unknown fields are refused (`extra="forbid"`, i.e.
+`additionalProperties: false`), like OpenAI does: a field the node does not know might change
+the output. Fields the node does not implement are declared with the one value that changes
+nothing (`n: 1`, `echo: false`, `tools: null`), so the client learns of them with a 400 naming
+them; fields that only tune are accepted and ignored (`IGNORED`, listed in README). Wrong types
+are rejected (strict mode: "1" is no number, 1 is no boolean). Extensions shared with llama.cpp's
 server: `top_k`, `min_p`, `repeat_penalty`.
 """
 
@@ -12,27 +18,81 @@ from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Discriminator,
     Field,
+    StringConstraints,
     Tag,
-    ValidationInfo,
-    field_validator,
 )
 
 from node.engine.interface import SamplingParams
 
 MAX_STOP = 16  # OpenAI allows 4; llama.cpp has no limit. Each costs a text scan per token.
-MAX_N = 128  # the engine's real limit is the model's `parallel`, checked against the model
+MAX_EMBED_INPUTS = 2048  # OpenAI's limit
+MAX_N = 128  # the real limit is the model's `parallel`, checked against the model
 MAX_TOP_LOGPROBS = 20  # OpenAI's limit
+MAX_PROMPTS = 16  # prompts per completions request; each is its own generation
+
+# Accepted and ignored: they tune OpenAI's service, never what this node sends back.
+IGNORED = ("store", "metadata", "service_tier", "prompt_cache_key", "safety_identifier")
 
 
 class _Body(BaseModel):
-    model_config = ConfigDict(strict=True, extra="ignore", frozen=True)
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+def unsupported(only: str) -> Any:
+    """A field the node does not implement: only `only` (the value that changes nothing) or
+    null is accepted. `errors.from_validation` turns anything else into `unsupported_*`."""
+    return Field(
+        default=None,
+        description=f"Not supported by this node: only {only} is accepted.",
+        json_schema_extra={"x-llm-node-only": only},
+    )
+
+
+def _text_or_list_tag(value: Any) -> str | None:
+    return "<text>" if isinstance(value, str) else "<parts>" if isinstance(value, list) else None
+
+
+def text_or_list(text: Any, items: Any, what: str) -> Any:
+    """`text | list`, told apart by the JSON type: an error names the branch the client chose
+    (a smart union would report the string branch for a bad list item)."""
+    return Annotated[
+        Annotated[text, Tag("<text>")] | Annotated[items, Tag("<parts>")],
+        Discriminator(
+            _text_or_list_tag,
+            custom_error_type="invalid_type",
+            custom_error_message=f"must be {what}",
+        ),
+    ]
+
+
+def _integral(value: Any) -> Any:
+    """JSON Schema's `integer` includes 4.0; strict mode alone would refuse it."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+def integer(**bounds: int) -> Any:
+    """An int, bounds first: a bound after the validator would leave the JSON schema as a raw
+    `ge` instead of `minimum`."""
+    return Annotated[int, Field(**bounds), BeforeValidator(_integral)]  # type: ignore[arg-type]
+
+
+Int = integer()
+One = Annotated[Literal[1], BeforeValidator(_integral)]
+NonEmpty = Annotated[str, StringConstraints(min_length=1)]
+# ASCII decimal without leading zeros: "²" and "٣" are no token ids, "07" would alias "7".
+TokenId = Annotated[str, StringConstraints(pattern=r"^(0|[1-9][0-9]{0,9})$")]
+Bias = Annotated[float, Field(ge=-100.0, le=100.0)]
 
 
 class StreamOptions(_Body):
     include_usage: bool = False
+    include_obfuscation: bool | None = Field(
+        default=None, description="Accepted and ignored: chunks carry no obfuscation padding."
+    )
 
 
 class TextFormat(_Body):
@@ -41,14 +101,23 @@ class TextFormat(_Body):
 
 class JsonObjectFormat(_Body):
     type: Literal["json_object"]
-    # llama-server's extension: a JSON object that also matches this schema.
-    schema_: dict[str, Any] | None = Field(default=None, alias="schema")
+    schema_: dict[str, Any] | None = Field(
+        default=None,
+        alias="schema",
+        description="llama-server's extension: the JSON object must also match this schema.",
+    )
 
 
 class JsonSchema(_Body):
     name: str = Field(default="response", max_length=64)
-    description: str | None = None
-    schema_: dict[str, Any] = Field(default_factory=dict, alias="schema")
+    description: str | None = Field(
+        default=None, description="Accepted and ignored: the grammar alone constrains the output."
+    )
+    schema_: dict[str, Any] = Field(
+        alias="schema",
+        min_length=1,
+        description="A JSON schema; one the node cannot turn into a grammar is refused (400).",
+    )
     strict: bool | None = None
 
 
@@ -74,56 +143,39 @@ ResponseFormat = Annotated[
     ),
 ]
 
+# patternProperties alone would let other keys through: the schema must refuse them too.
+LogitBias = Annotated[dict[TokenId, Bias], Field(json_schema_extra={"additionalProperties": False})]
+Stop = text_or_list(
+    NonEmpty, Annotated[list[NonEmpty], Field(max_length=MAX_STOP)], "a string or a list of strings"
+)
+
 
 class SamplingFields(_Body):
     """The sampling parameters chat and completions share."""
 
     model: str = Field(min_length=1)
     frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
-    logit_bias: dict[str, float] | None = None
-    max_tokens: int | None = Field(default=None, ge=1)
-    n: int | None = Field(default=None, ge=1, le=MAX_N)  # up to the model's `parallel`
+    logit_bias: LogitBias | None = Field(
+        default=None, description="Token id (ASCII decimal, in the model's vocabulary) → bias."
+    )
+    max_tokens: integer(ge=1) | None = None
+    n: integer(ge=1, le=MAX_N) | None = Field(
+        default=None, description="Choices; at most the model's `parallel` (prompt billed once)."
+    )
     presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
-    seed: int | None = None
-    stop: str | list[str] | None = None
+    seed: Int | None = None
+    stop: Stop | None = None
     stream: bool | None = False
-    stream_options: StreamOptions | None = None
+    stream_options: StreamOptions | None = Field(
+        default=None, description="Only read when `stream` is true."
+    )
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
     top_p: float | None = Field(default=None, ge=0.0, le=1.0)
     user: str | None = Field(default=None, max_length=256)
     # llama.cpp extensions
-    top_k: int | None = Field(default=None, ge=0, le=1_000_000)
+    top_k: integer(ge=0, le=1_000_000) | None = None
     min_p: float | None = Field(default=None, ge=0.0, le=1.0)
     repeat_penalty: float | None = Field(default=None, gt=0.0, le=10.0)
-
-    @field_validator("stop")
-    @classmethod
-    def _stops(cls, stop: str | list[str] | None) -> str | list[str] | None:
-        items = [stop] if isinstance(stop, str) else (stop or [])
-        if len(items) > MAX_STOP:
-            raise ValueError(f"at most {MAX_STOP} stop sequences are supported")
-        if any(not s for s in items):
-            raise ValueError("stop sequences must not be empty")
-        return stop
-
-    @field_validator("logit_bias")
-    @classmethod
-    def _bias(cls, bias: dict[str, float] | None) -> dict[str, float] | None:
-        for key, value in (bias or {}).items():
-            if not key.isdigit():
-                raise ValueError(f"keys must be token ids, got {key!r}")
-            if not -100.0 <= value <= 100.0:
-                raise ValueError(f"bias for token {key} must be between -100 and 100")
-        return bias
-
-    @field_validator("stream_options")
-    @classmethod
-    def _stream_options_need_stream(
-        cls, options: StreamOptions | None, info: ValidationInfo
-    ) -> StreamOptions | None:
-        if options is not None and not info.data.get("stream"):
-            raise ValueError("stream_options is only allowed when stream is true")
-        return options
 
     @property
     def include_usage(self) -> bool:
@@ -158,77 +210,59 @@ class SamplingFields(_Body):
         )
 
 
-TokenIds = list[Annotated[int, Field(ge=0)]]
-MAX_PROMPTS = 16  # prompts per completions request; each is its own generation
+TokenIds = Annotated[list[integer(ge=0)], Field(min_length=1)]
+# A string, a list of strings, a list of token ids, or a list of lists of token ids.
+PromptList = (
+    Annotated[list[NonEmpty], Field(min_length=1, max_length=MAX_PROMPTS)]
+    | TokenIds
+    | Annotated[list[TokenIds], Field(min_length=1, max_length=MAX_PROMPTS)]
+)
+InputList = (
+    Annotated[list[NonEmpty], Field(min_length=1, max_length=MAX_EMBED_INPUTS)]
+    | TokenIds
+    | Annotated[list[TokenIds], Field(min_length=1, max_length=MAX_EMBED_INPUTS)]
+)
+
+
+def _items(value: str | list[Any]) -> list[str | list[int]]:
+    """Prompts or inputs, each as text or token ids."""
+    if isinstance(value, str):
+        return [value]
+    if all(isinstance(item, int) for item in value):
+        return [list(value)]
+    return list(value)
 
 
 class CompletionRequest(SamplingFields):
-    # A string, a list of strings, a list of token ids, or a list of lists of token ids.
-    prompt: str | list[str] | TokenIds | list[TokenIds]
-    max_tokens: int | None = Field(default=16, ge=1)  # OpenAI's default for completions
-    echo: bool | None = None
-    logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)
-    suffix: str | None = None
-    best_of: int | None = None
-
-    @field_validator("prompt")
-    @classmethod
-    def _prompts(cls, prompt: Any) -> Any:
-        if isinstance(prompt, list):
-            if not prompt:
-                raise ValueError("prompt must not be an empty list")
-            if isinstance(prompt[0], list | str) and len(prompt) > MAX_PROMPTS:
-                raise ValueError(f"at most {MAX_PROMPTS} prompts per request are supported")
-        return prompt
-
-    @field_validator("echo", "suffix", "best_of")
-    @classmethod
-    def _unsupported(cls, value: object, info: ValidationInfo) -> object:
-        if value and not (info.field_name == "best_of" and value == 1):
-            raise ValueError(f"{info.field_name} is not supported")
-        return value
+    # A prompt that tokenizes to nothing cannot start a generation: at least one character.
+    prompt: text_or_list(  # type: ignore[valid-type]
+        NonEmpty, PromptList, "a string, a list of strings, token ids or lists of token ids"
+    )
+    best_of: One | None = unsupported("1")
+    echo: Literal[False] | None = unsupported("false")
+    logprobs: integer(ge=0, le=MAX_TOP_LOGPROBS) | None = Field(
+        default=None, description="Log-probabilities of each token and the N most likely ones."
+    )
+    max_tokens: integer(ge=1) | None = 16  # OpenAI's default for completions
+    suffix: None = unsupported("null")
 
     def logprobs_wanted(self) -> int | None:
         return self.logprobs
 
     def prompts(self) -> list[str | list[int]]:
         """Each prompt, as text or as token ids."""
-        p = self.prompt
-        if isinstance(p, str):
-            return [p]
-        if all(isinstance(item, int) for item in p):
-            return [list(p)]  # type: ignore[arg-type]
-        return list(p)  # type: ignore[arg-type]
+        return _items(self.prompt)
 
 
 class EmbeddingRequest(_Body):
-    # A string, a list of strings, a list of token ids, or a list of lists of token ids.
-    input: str | list[str] | TokenIds | list[TokenIds]
+    input: text_or_list(  # type: ignore[valid-type]
+        NonEmpty, InputList, "a string, a list of strings, token ids or lists of token ids"
+    )
     model: str = Field(min_length=1)
     encoding_format: Literal["float", "base64"] = "float"
-    dimensions: int | None = Field(default=None, ge=1)
+    dimensions: integer(ge=1) | None = None
     user: str | None = Field(default=None, max_length=256)
-
-    @field_validator("input")
-    @classmethod
-    def _inputs(cls, value: Any) -> Any:
-        items = _inputs_of(value)
-        if not items:
-            raise ValueError("input must not be an empty list")
-        if len(items) > 2048:
-            raise ValueError("at most 2048 inputs per request")
-        if any(len(item) == 0 for item in items):
-            raise ValueError("input must not contain empty strings or token lists")
-        return value
 
     def inputs(self) -> list[str | list[int]]:
         """Each input, as text or as token ids."""
-        return _inputs_of(self.input)
-
-
-def _inputs_of(value: Any) -> list[str | list[int]]:
-    if isinstance(value, str):
-        return [value]
-    if value and all(isinstance(item, int) for item in value):
-        return [list(value)]
-    return list(value)
+        return _items(self.input)

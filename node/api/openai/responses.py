@@ -13,7 +13,8 @@ from node.meter import Bill
 
 
 class _Out(BaseModel):
-    model_config = ConfigDict(frozen=False)
+    # Closed objects in /openapi.json: an answer carries exactly the fields declared here.
+    model_config = ConfigDict(frozen=False, extra="forbid")
 
 
 class _Sparse(_Out):
@@ -255,3 +256,13 @@ class ModelCard(_Out):
 class ModelList(_Out):
     object: Literal["list"] = "list"
     data: list[ModelCard]
+
+
+# What `/openapi.json` documents as the 200 answers.
+RESPONSE_MODELS: tuple[type[BaseModel], ...] = (
+    ChatCompletion,
+    TextCompletion,
+    EmbeddingList,
+    ModelCard,
+    ModelList,
+)

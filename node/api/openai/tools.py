@@ -85,10 +85,21 @@ def plan_output(body: ChatCompletionRequest, engine: GenerationEngine) -> Output
             built = fmt.grammar(list(tools), wanted, parallel)
         except Exception as exc:  # a schema the grammar converter cannot express
             raise invalid(f"The tools cannot be turned into a grammar: {exc}", "tools") from None
-        if wanted != "auto" or not fmt.triggers:
-            grammar = built
-        elif body.response_format is None:
+        formatted = body.response_format is not None and body.response_format.type != "text"
+        if wanted != "auto":
+            grammar = built  # with a response_format too: the route refuses the pair
+        elif formatted:
+            pass  # the response_format's grammar constrains the output; calls are still parsed
+        elif fmt.triggers:
             lazy = built
+        else:
+            grammar = built  # the generic envelope is the whole output
+    triggers = tuple(fmt.triggers) if fmt is not None and lazy is not None else ()
+    if grammar is not None or lazy is not None:
+        try:  # parsed once here; the engine keeps the parse for the request itself
+            engine.validate(SamplingParams(grammar=grammar or lazy, grammar_triggers=triggers))
+        except ValueError as exc:
+            raise invalid(f"The tools cannot be turned into a grammar: {exc}", "tools") from None
     return OutputPlan(
         tool_format=fmt,
         tools=tools,
@@ -98,7 +109,7 @@ def plan_output(body: ChatCompletionRequest, engine: GenerationEngine) -> Output
         or (body.reasoning_format is None and engine.info.reasoning_raw),
         grammar=grammar,
         lazy_grammar=lazy,
-        triggers=tuple(fmt.triggers) if fmt is not None and lazy is not None else (),
+        triggers=triggers,
         logprobs=bool(body.logprobs),
     )
 
