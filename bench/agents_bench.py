@@ -51,8 +51,27 @@ TOOLS = [
     _tool("search", "Search the web.", {"query": {"type": "string"}}),
     _tool("add", "Add two numbers.", {"a": {"type": "number"}, "b": {"type": "number"}}),
 ]
+
+
+def _tools_system_text() -> str:
+    """The system message the template writes for TOOLS: sent as plain text, it gives the
+    same prompt without the tools machinery (parser, lazy grammar)."""
+    from node.engine.chat_template import ChatTemplate
+    from node.engine.interface import ChatMessage, Tool
+
+    tools = [Tool(t["function"]["name"], t["function"]["description"], t["function"]["parameters"])
+             for t in TOOLS]  # fmt: skip
+    prompt = ChatTemplate(TEMPLATE, "", "<|im_end|>").render(
+        [ChatMessage("user", "x")], tools=tools
+    )
+    return prompt.removeprefix("<|im_start|>system\n").split("<|im_end|>", 1)[0]
+
+
+SAME_PROMPT = [{"role": "system", "content": _tools_system_text()},
+               {"role": "user", "content": PROMPT}]  # fmt: skip
 WORKLOADS: dict[str, dict[str, Any]] = {
     "plain": {},
+    "tools' prompt, no tools": {"messages": SAME_PROMPT},
     "tools auto": {"tools": TOOLS, "tool_choice": "auto"},
     "logprobs off": {"logprobs": False},
     "top_logprobs 5": {"logprobs": True, "top_logprobs": 5},
@@ -138,11 +157,13 @@ def main() -> None:
             got = {name: asyncio.run(level(url, secret, WORKLOADS[name], args)) for name in names}
             for name, rate in got.items():
                 rates[name].append(rate)
-                ratios[name].append(rate / got["plain"])
+                base = "tools' prompt, no tools" if name == "tools auto" else "plain"
+                ratios[name].append(rate / got[base])
             print(f"round {r + 1}: " + ", ".join(f"{n} {v:.1f}" for n, v in got.items()),
                   file=sys.stderr)  # fmt: skip
     print(f"\n{args.clients} clients, {args.max_tokens} tokens per request, {args.rounds} rounds")
-    print("| workload | best tok/s | median ratio to plain |\n|---|---|---|")
+    print("| workload | best tok/s | median ratio (tools: to the same prompt without tools) |")
+    print("|---|---|---|")
     for name in WORKLOADS:
         print(f"| {name} | {max(rates[name]):.1f} | {statistics.median(ratios[name]):.2f}x |")
 
