@@ -12,7 +12,6 @@ import asyncio
 import logging
 import threading
 from collections import deque
-from collections.abc import Sequence
 
 import llama_cpp
 
@@ -31,35 +30,12 @@ from node.engine.interface import (
 from node.engine.logprobs import sample
 from node.engine.model import LoadedModel
 from node.engine.sampling import SequenceSampler
+from node.engine.slots import Slot, Slots
 from node.engine.text import DeltaStream
 
 log = logging.getLogger(__name__)
 
 Events = list[tuple[Request, GenerationEvent]]
-
-# A shared prefix this long (or half the prompt) is worth taking a slot out of id order for.
-MIN_REUSE = 64
-
-
-class _Slot:
-    """One sequence id of the context and the tokens whose KV it currently holds."""
-
-    def __init__(self, seq_id: int) -> None:
-        self.seq_id = seq_id
-        self.cache: list[int] = []  # tokens at positions 0.. in this sequence's KV
-        self.request: Request | None = None
-        self.pending: list[int] = []  # prompt tokens still to decode
-        self.next_token = -1  # sampled, to be decoded in the next step
-        self.stream = DeltaStream()
-        self.admitted_at = 0
-
-
-def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
 
 
 class Scheduler:
@@ -83,7 +59,7 @@ class Scheduler:
         self._grammars = GrammarCache(model.vocab)  # parsed once in validate, cloned in submit
         self._gen_batch = TokenBatch(self.parallel)
         self._prompt_batch = TokenBatch(self.n_batch)
-        self._slots = [_Slot(i) for i in range(self.parallel)]
+        self._slots = Slots(self.parallel, self._memory)
         self._waiting: deque[Request] = deque()
         self._cond = threading.Condition()
         self._stopping = False
@@ -221,17 +197,17 @@ class Scheduler:
         if generating:
             self._decode_generating(generating, events)
 
-    def _chunk_size(self, slot: _Slot) -> int:
+    def _chunk_size(self, slot: Slot) -> int:
         return min(len(slot.pending), self._prompt_batch.capacity)
 
-    def _prompt_group(self, waiting: list[_Slot]) -> list[_Slot]:
+    def _prompt_group(self, waiting: list[Slot]) -> list[Slot]:
         """The oldest waiting prompt and every other one whose next chunk has the same length,
         as many as one batch holds, in seq-id order (a contiguous run is one micro-batch)."""
         size = self._chunk_size(waiting[0])
         same = [s for s in waiting if self._chunk_size(s) == size]
         return sorted(same[: max(1, self._prompt_batch.capacity // size)], key=lambda s: s.seq_id)
 
-    def _decode_generating(self, slots: list[_Slot], events: Events) -> None:
+    def _decode_generating(self, slots: list[Slot], events: Events) -> None:
         """One token for every generating sequence, in seq-id order, in one decode."""
         batch = self._gen_batch
         batch.clear()
@@ -245,7 +221,7 @@ class Scheduler:
             slot.cache.append(slot.next_token)
             self._sample(slot, index, events)
 
-    def _decode_prompt_chunks(self, slots: list[_Slot], events: Events) -> int:
+    def _decode_prompt_chunks(self, slots: list[Slot], events: Events) -> int:
         """The next chunk of each of these prompts (all the same length), in one decode.
 
         Prompt chunks never share a decode with generating sequences. llama.cpp's CPU attention
@@ -286,7 +262,7 @@ class Scheduler:
         self.decode_calls += 1
         return batch.decode(self._ctx)
 
-    def _fail_decode(self, rc: int, slots: list[_Slot], events: Events) -> None:
+    def _fail_decode(self, rc: int, slots: list[Slot], events: Events) -> None:
         """Finish the slots of a failed `llama_decode` with an error."""
         reason = f"llama_decode failed with status {rc}"
         log.error("model %s: %s", self.info.id, reason)
@@ -294,31 +270,7 @@ class Scheduler:
             self._finish(slot, "error", events, drop_kv=True, error=reason)
 
     def _admit(self, request: Request) -> None:
-        """Put a request into a free slot: the one whose KV shares a worthwhile prefix with it,
-        else the lowest free one; then, if another slot holds a longer prefix, copy its KV.
-
-        Low slots first keeps the active sequence ids contiguous: llama.cpp decodes a
-        non-contiguous set of sequences in several micro-batches, one per contiguous run.
-        """
-        prompt = request.prompt
-        # Leave at least two prompt tokens to decode: a one-token chunk takes another kernel
-        # than the whole prompt would (see `_decode_prompt_chunks`).
-        reusable = max(len(prompt) - 2, 0)
-        best: _Slot | None = None
-        best_key = (-1, 0)
-        for slot in self._slots:
-            if slot.request is not None:
-                continue
-            shared = min(_common_prefix(slot.cache, prompt), reusable)
-            worth = shared if shared >= MIN_REUSE or 2 * shared >= len(prompt) else 0
-            key = (worth, -slot.seq_id)
-            if key > best_key:
-                best, best_key = slot, key
-        assert best is not None, "admitted without a free slot"
-        slot = best
-        keep = min(_common_prefix(slot.cache, prompt), reusable)
-        if not self._copy_prefix(slot, prompt, keep, reusable):
-            self._trim(slot, keep)
+        slot = self._slots.place(request.prompt)
         keep = len(slot.cache)
         request.live_counts.cached_tokens = keep
         slot.request = request
@@ -328,38 +280,7 @@ class Scheduler:
         self._admissions += 1
         slot.admitted_at = self._admissions
 
-    def _copy_prefix(self, slot: _Slot, prompt: list[int], keep: int, reusable: int) -> bool:
-        """Give `slot` the KV of another slot (busy or not) that holds a worthwhile longer
-        prefix of `prompt`, e.g. a system prompt many clients share. True if it did.
-
-        The KV is copied, not recomputed, so the prompt's logits are bit for bit those of
-        computing it alone. llama.cpp copies a whole sequence stream (~24 MB for SmolLM2 at
-        1024 tokens, a few ms), so the copy must save a worthwhile number of tokens.
-        """
-        donor, shared = None, keep
-        for other in self._slots:
-            if other is not slot:
-                n = min(_common_prefix(other.cache, prompt), reusable)
-                if n > shared:
-                    donor, shared = other, n
-        gain = shared - keep
-        if donor is None or not (gain >= MIN_REUSE or 2 * gain >= len(prompt)):
-            return False
-        llama_cpp.llama_memory_seq_cp(self._memory, donor.seq_id, slot.seq_id, -1, -1)
-        slot.cache = list(donor.cache)
-        self._trim(slot, shared)
-        return True
-
-    def _trim(self, slot: _Slot, keep: int) -> None:
-        """Drop the slot's KV from position `keep` on (all of it if llama.cpp cannot cut)."""
-        if keep >= len(slot.cache):
-            return
-        if not llama_cpp.llama_memory_seq_rm(self._memory, slot.seq_id, keep, -1):
-            llama_cpp.llama_memory_seq_rm(self._memory, slot.seq_id, -1, -1)
-            keep = 0
-        del slot.cache[keep:]
-
-    def _sample(self, slot: _Slot, index: int, events: Events) -> None:
+    def _sample(self, slot: Slot, index: int, events: Events) -> None:
         """Sample the slot's next token (with its logprobs when asked for); a sampler failure
         or an id llama.cpp would abort on (e.g. from NaN logits) fails this request alone."""
         request = slot.request
@@ -381,7 +302,7 @@ class Scheduler:
         self._on_token(slot, token, events, logprob)
 
     def _on_token(
-        self, slot: _Slot, token: int, events: Events, logprob: SampledLogprob | None
+        self, slot: Slot, token: int, events: Events, logprob: SampledLogprob | None
     ) -> None:
         request = slot.request
         assert request is not None
@@ -406,7 +327,7 @@ class Scheduler:
 
     def _finish(
         self,
-        slot: _Slot,
+        slot: Slot,
         stop: StopType,
         events: Events,
         *,
