@@ -12,16 +12,20 @@ from starlette.routing import Route
 from starlette.types import ASGIApp
 
 from node.api import chat, completions, embeddings, health, metrics, models, openapi
+from node.api.auth import AuthMiddleware
 from node.api.context import RequestContext
 from node.api.errors import ApiError, handle_api_error, handle_http_exception
 from node.api.metrics import NodeMetrics
+from node.api.quota import handle_quota_error
 from node.engine.interface import ContextOverflow, EngineBusy
 from node.service import (
     AuthenticationFailed,
+    BudgetExceeded,
     MeterUnavailable,
     ModelNotFound,
     NodeService,
     NotReady,
+    RateLimited,
     RejectedByModel,
 )
 
@@ -74,6 +78,8 @@ def create_app(
         routes=ROUTES,
         exception_handlers={
             **handlers,
+            RateLimited: handle_quota_error,
+            BudgetExceeded: handle_quota_error,
             HTTPException: handle_http_exception,
             Exception: handle_api_error,
         },
@@ -82,4 +88,5 @@ def create_app(
     app.state.service = service
     app.state.metrics = node_metrics
     node_metrics.count_decodes(service.decode_calls)
-    return RequestContext(app, max_body_bytes=max_body_bytes)
+    auth = AuthMiddleware(app, service, ROUTES)
+    return RequestContext(auth, max_body_bytes=max_body_bytes)
