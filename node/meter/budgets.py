@@ -163,6 +163,27 @@ def status(
     }
 
 
+def annotate(conn: sqlite3.Connection, by: str, row: dict[str, Any], now_us: int) -> None:
+    """Add `budget` (or None) to a billing status row grouped by key or org; `limits` to keys."""
+    if by == "key":
+        found = conn.execute(
+            "SELECT budget_micro, budget_period, rpm, tpm, max_parallel FROM api_keys WHERE id = ?",
+            (row["key_id"],),
+        ).fetchone()
+        budget = None if found is None else budget_of(found[0], found[1])
+        row["limits"] = (
+            None
+            if found is None
+            else dict(zip(("rpm", "tpm", "max_parallel"), found[2:], strict=True))
+        )
+        column, name = "key_id", row["key_id"]
+    else:
+        name = row["org"]
+        budget = None if name is None else org_budget(conn, name)
+        column = "org"
+    row["budget"] = None if budget is None else status(conn, column, name, budget, now_us)
+
+
 # --- orgs ------------------------------------------------------------------------------------
 
 

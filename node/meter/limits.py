@@ -180,9 +180,9 @@ class RateLimiter:
 
 def duration(seconds: float) -> str:
     """OpenAI's reset format: `20ms`, `1s`, `1.5s`, `6m0s`."""
-    seconds = max(0.0, seconds)
-    if seconds < 1:
-        return f"{math.ceil(seconds * 1000)}ms"
-    minutes, rest = divmod(seconds, 60)
-    text = f"{rest:.3f}".rstrip("0").rstrip(".")
-    return f"{int(minutes)}m{text}s" if minutes else f"{text}s"
+    ms = math.ceil(round(max(0.0, seconds) * 1000, 6))  # whole ms, rounded up
+    if ms < 1000:
+        return f"{ms}ms"
+    minutes, rest = divmod(ms, 60_000)
+    text = f"{rest / 1000:.3f}".rstrip("0").rstrip(".")
+    return f"{minutes}m{text}s" if minutes else f"{text}s"

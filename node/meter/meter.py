@@ -230,7 +230,16 @@ class Meter:
     # --- billing ----------------------------------------------------------------------------
 
     def billing_status(self, filters: Filters | None = None, by: str = "key") -> dict[str, Any]:
-        return billing.status(self._read(), filters or Filters(), by)
+        """`billing.status`; grouped by key or org, each row with a budget also carries
+        `budget` (amount, period, spent in the current period, remaining) and key rows their
+        `limits`."""
+        conn = self._read()
+        report = billing.status(conn, filters or Filters(), by)
+        if by in ("key", "org"):
+            now = self._clock()
+            for row in report["rows"]:
+                budgets.annotate(conn, by, row, now)
+        return report
 
     def billing_requests(
         self, filters: Filters | None = None, limit: int = 100
