@@ -11,7 +11,7 @@ from starlette.exceptions import HTTPException
 from starlette.routing import Route
 from starlette.types import ASGIApp
 
-from node.api import chat, completions, embeddings, health, metrics, models, openapi
+from node.api import admin, chat, completions, embeddings, health, metrics, models, openapi
 from node.api.auth import AuthMiddleware
 from node.api.context import RequestContext
 from node.api.errors import ApiError, handle_api_error, handle_http_exception
@@ -40,6 +40,7 @@ ROUTES = [
     Route("/health", health.health, methods=["GET"]),
     Route("/metrics", metrics.metrics, methods=["GET"]),
     Route("/openapi.json", openapi.openapi, methods=["GET"]),
+    *admin.ROUTES,
 ]
 
 # Client-caused errors are answered by Starlette's exception middleware; everything else is a bug

@@ -10,6 +10,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from node import __version__
+from node.api.admin_openapi import admin_paths, admin_schemas
 from node.api.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 
 _REF = "#/components/schemas/{model}"
@@ -36,7 +37,9 @@ _ERRORS = {
     "401": "Missing, unknown, deleted or expired API key",
     "404": "`model_not_found`",
     "413": "Request body over the limit",
-    "429": "The model's queue is full; see `Retry-After`",
+    "403": "`permission_error`",
+    "429": "The model's queue is full, or a key's rate limit (`rate_limit_exceeded`) or budget"
+    " (`insufficient_quota`) is reached; see `Retry-After`",
     "503": "Models loading, or the meter cannot record",
 }
 _USAGE_NOTE = (
@@ -66,7 +69,8 @@ def _operation(summary: str, body: str | None, ok: str, *, auth: bool = True) ->
 @cache
 def openapi_document() -> dict[str, Any]:
     models = [
-        (m, "validation") for m in (ChatCompletionRequest, CompletionRequest, EmbeddingRequest)
+        (m, "validation")
+        for m in (ChatCompletionRequest, CompletionRequest, EmbeddingRequest, *admin_schemas())
     ]
     _, defs = models_json_schema(models, ref_template=_REF)
     schemas = {**defs.get("$defs", {}), "Error": _ERROR}
@@ -120,6 +124,7 @@ def openapi_document() -> dict[str, Any]:
                 }
             },
             "/metrics": {"get": _operation("Prometheus metrics", None, "text/plain", auth=False)},
+            **admin_paths(),
         },
     }
 
