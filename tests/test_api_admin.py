@@ -91,8 +91,9 @@ def test_key_life_cycle(node: ControlNode) -> None:
     deleted = node.call("DELETE", f"/admin/keys/{key_id}", node.admin)
     assert deleted.json() == {"id": key_id, "deleted": True}
     # A deleted key fails on its very next request.
-    assert_error(node.call("GET", "/v1/models", secret), 401, "authentication_error",
-                 "invalid_api_key")  # fmt: skip
+    assert_error(
+        node.call("GET", "/v1/models", secret), 401, "authentication_error", "invalid_api_key"
+    )
     for method in ("GET", "PATCH", "DELETE"):
         resp = node.call(method, f"/admin/keys/{key_id}", node.admin, json={})
         assert_error(resp, 404, "invalid_request_error", "key_not_found")
@@ -107,25 +108,35 @@ def test_key_life_cycle(node: ControlNode) -> None:
         ("POST", "/admin/keys", {"level": "LLM", "tpm": "10"}, "tpm"),
         ("POST", "/admin/keys", {"level": "LLM", "colour": "red"}, "colour"),
         ("POST", "/admin/keys", {"level": "LLM", "expires_in_days": -1}, "expires_in_days"),
-        ("POST", "/admin/keys", {"level": "LLM", "budget": {"amount": "1.0000001",
-                                                            "period": "day"}}, "budget.amount"),
-        ("POST", "/admin/keys", {"level": "LLM", "budget": {"amount": "1", "period": "year"}},
-         "budget.period"),
+        (
+            "POST",
+            "/admin/keys",
+            {"level": "LLM", "budget": {"amount": "1.0000001", "period": "day"}},
+            "budget.amount",
+        ),
+        (
+            "POST",
+            "/admin/keys",
+            {"level": "LLM", "budget": {"amount": "1", "period": "year"}},
+            "budget.period",
+        ),
         ("PATCH", "/admin/keys/key_x", {"max_parallel": 1.5}, "max_parallel"),
-        ("PUT", "/admin/prices/fake/fakegpu", {"prompt": "1.1234567", "completion": "1"},
-         "prompt"),
+        ("PUT", "/admin/prices/fake/fakegpu", {"prompt": "1.1234567", "completion": "1"}, "prompt"),
         ("PUT", "/admin/prices/fake/fakegpu", {"prompt": 1.5, "completion": "1"}, "prompt"),
-        ("PUT", "/admin/prices/fake/fakegpu", {"prompt": "1", "completion": "1",
-                                               "currency": "zł"}, "currency"),
-        ("PUT", "/admin/orgs/acme", {"budget": {"amount": "-1", "period": "day"}},
-         "budget.amount"),
+        (
+            "PUT",
+            "/admin/prices/fake/fakegpu",
+            {"prompt": "1", "completion": "1", "currency": "zł"},
+            "currency",
+        ),
+        ("PUT", "/admin/orgs/acme", {"budget": {"amount": "-1", "period": "day"}}, "budget.amount"),
         ("GET", "/admin/usage?by=colour", None, "by"),
         ("GET", "/admin/usage?since=yesterday", None, "since"),
         ("GET", "/admin/usage?sort=cost", None, "sort"),
         ("GET", "/admin/requests?limit=0", None, "limit"),
         ("GET", "/admin/requests?status=done", None, "status"),
     ],
-)  # fmt: skip
+)
 def test_bad_input_is_a_400_naming_the_param(
     node: ControlNode, method: str, path: str, body: object, param: str
 ) -> None:
@@ -135,13 +146,18 @@ def test_bad_input_is_a_400_naming_the_param(
 
 
 def test_prices_usage_requests_and_orgs(node: ControlNode) -> None:
-    resp = node.call("PUT", "/admin/prices/fake/fakegpu", node.admin,
-                     json={"prompt": "19.78", "completion": "167.66"})  # fmt: skip
+    resp = node.call(
+        "PUT",
+        "/admin/prices/fake/fakegpu",
+        node.admin,
+        json={"prompt": "19.78", "completion": "167.66"},
+    )
     assert resp.status_code == 200 and resp.json()["prompt_per_1m"] == "19.78"
     prices = node.call("GET", "/admin/prices", node.admin).json()["data"]
     assert [(p["model"], p["completion_per_1m"]) for p in prices] == [("fake", "167.66")]
-    org = node.call("PUT", "/admin/orgs/acme", node.admin,
-                    json={"budget": {"amount": "5", "period": "week"}}).json()  # fmt: skip
+    org = node.call(
+        "PUT", "/admin/orgs/acme", node.admin, json={"budget": {"amount": "5", "period": "week"}}
+    ).json()
     assert org["org"] == "acme" and org["budget"]["amount"] == "5"
     key = node.call("POST", "/admin/keys", node.admin, json={"level": "LLM", "org": "acme"})
     secret, key_id = key.json()["secret"], key.json()["id"]
