@@ -1,8 +1,8 @@
 """Admission of a metered request: the key's rate limits, then its and its org's budgets.
 
 The service calls `Gate.admit` where it used to open the meter row. Rate limits are checked
-first (in memory, nothing written); the budgets inside the meter's write transaction that
-opens the row, so a refused request still leaves a `rejected` row and nothing is generated.
+first (in memory); the budgets inside the meter's write transaction that opens the row. A
+request refused by either leaves a `rejected` row with 0 tokens, and nothing is generated.
 Whatever was reserved is given back by `Admitted.settle` with the real token count.
 """
 
@@ -55,7 +55,13 @@ class Gate:
         """Raises RateLimited or BudgetExceeded (after writing the `rejected` row)."""
         ticket = None
         if limits:
-            ticket = self.limiter.admit(start.key_id, limits, prompt_tokens + max_completion_tokens)
+            try:
+                ticket = self.limiter.admit(
+                    start.key_id, limits, prompt_tokens + max_completion_tokens
+                )
+            except RateLimited:
+                await _wait(self.meter.reject(start))  # the operator sees refusals too
+                raise
         try:
             ceiling = Usage(prompt_tokens=prompt_tokens, completion_tokens=max_completion_tokens)
             opened = await _wait(self.meter.admit(start, ceiling))

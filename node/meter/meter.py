@@ -106,6 +106,12 @@ class Meter:
             lambda c: usage.open_request(c, start, now_us=self._clock()).price
         )
 
+    def reject(self, start: RequestStart) -> Future[Opened]:
+        """The `rejected` row (0 tokens) of a request a rate limit refused."""
+        return self._writer.submit(
+            lambda c: usage.open_request(c, start, now_us=self._clock(), refused=True)
+        )
+
     def admit(self, start: RequestStart, ceiling: Usage) -> Future[Opened]:
         """`open_request` that reserves the request's maximum cost (`ceiling` tokens) against
         the key's and org's budgets; a refused request gets a `rejected` row, 0 tokens."""

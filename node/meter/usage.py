@@ -58,13 +58,19 @@ class Opened:
 
 
 def open_request(
-    conn: sqlite3.Connection, start: RequestStart, *, now_us: int, ceiling: Usage | None = None
+    conn: sqlite3.Connection,
+    start: RequestStart,
+    *,
+    now_us: int,
+    ceiling: Usage | None = None,
+    refused: bool = False,
 ) -> Opened:
     """Insert the row (status running) with the prices in force now; idempotent by id.
 
     With a `ceiling` (the most tokens the request can use), its maximum cost is reserved and
     checked against the key's and the org's budgets in this same write transaction; a request
-    that could overrun one gets a `rejected` row with 0 tokens instead.
+    that could overrun one gets a `rejected` row with 0 tokens instead. `refused`: a rate
+    limit refused it already; only its `rejected` row is written.
     """
     if not start.id:
         raise ValueError("request id is empty")
@@ -85,13 +91,13 @@ def open_request(
     price = prices.current_micro(conn, start.model, start.gpu_type)
     reserved = 0
     refusal = None
-    if price is not None and ceiling is not None:
+    if price is not None and ceiling is not None and not refused:
         _check_counts(ceiling)
         reserved = cost_units(
             ceiling.prompt_tokens, ceiling.completion_tokens, price.prompt, price.completion
         )
         refusal = budgets.check(conn, _budgets(conn, start), reserved, now_us)
-    status = "running" if refusal is None else "rejected"
+    status = "rejected" if refused or refusal is not None else "running"
     conn.execute(
         "INSERT INTO requests (id, key_id, org, endpoint, model, quant_type, gpu_type, gpu_name,"
         " started, prompt_price_micro, completion_price_micro, currency, user, status,"
@@ -112,8 +118,8 @@ def open_request(
             None if price is None else price.currency,
             start.user,
             status,
-            reserved if refusal is None else 0,
-            None if refusal is None else now_us,
+            reserved if status == "running" else 0,
+            None if status == "running" else now_us,
         ),
     )
     billed = None if price is None else prices.to_price(start.model, start.gpu_type, price)
