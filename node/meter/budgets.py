@@ -187,9 +187,15 @@ def annotate(conn: sqlite3.Connection, by: str, row: dict[str, Any], now_us: int
 # --- orgs ------------------------------------------------------------------------------------
 
 
-def set_org(conn: sqlite3.Connection, name: str, budget: Budget | None) -> None:
+def set_org(
+    conn: sqlite3.Connection, name: str, budget: Budget | None, *, keep: bool = False
+) -> None:
+    """Insert or update an org's budget; `keep`: only make sure the org exists."""
     if not name:
         raise ValueError("org name must not be empty")
+    if keep:
+        conn.execute("INSERT INTO orgs (name) VALUES (?) ON CONFLICT (name) DO NOTHING", (name,))
+        return
     micro, period = (None, None) if budget is None else (budget.amount_micro, budget.period)
     conn.execute(
         "INSERT INTO orgs (name, budget_micro, budget_period) VALUES (?, ?, ?)"

@@ -184,8 +184,13 @@ class Meter:
 
     # --- orgs -------------------------------------------------------------------------------
 
-    def set_org(self, name: str, budget: Budget | None) -> dict[str, Any]:
-        self._wait(self._writer.submit(lambda c: budgets.set_org(c, name, budget)))
+    def set_org(
+        self, name: str, budget: Budget | None, *, keep_budget: bool = False
+    ) -> dict[str, Any]:
+        """Record an org and set its budget (None: none); `keep_budget` only records it."""
+        self._wait(
+            self._writer.submit(lambda c: budgets.set_org(c, name, budget, keep=keep_budget))
+        )
         return self.org_json(name)
 
     def org_json(self, name: str) -> dict[str, Any]:
