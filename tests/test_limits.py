@@ -34,7 +34,7 @@ def test_the_request_after_rpm_waits_for_the_oldest_to_leave_the_minute(clock: C
     with pytest.raises(RateLimited) as refused:
         limiter.admit("k", limits, 10)
     # The first request was at 1000, now is 1030: a slot frees at 1060.
-    assert refused.value.retry_after == 30
+    assert (refused.value.retry_after, refused.value.kind) == (30, "requests")
     assert refused.value.headers["x-ratelimit-limit-requests"] == "3"
     assert refused.value.headers["x-ratelimit-remaining-requests"] == "0"
     assert refused.value.headers["x-ratelimit-reset-requests"] == "50s"  # the newest at 1020
@@ -50,7 +50,7 @@ def test_tokens_are_reserved_then_settled_to_the_real_count(clock: Clock) -> Non
     assert first.headers["x-ratelimit-remaining-tokens"] == "40"
     with pytest.raises(RateLimited) as refused:
         limiter.admit("k", limits, 50)
-    assert refused.value.retry_after == 60
+    assert (refused.value.retry_after, refused.value.kind) == (60, "tokens")
     first.settle(20)  # it used 20 of its 60
     assert limiter.headers("k", limits)["x-ratelimit-remaining-tokens"] == "80"
     clock.now += 15

@@ -76,7 +76,7 @@ def test_tpm_reserves_the_context_left_and_settles_to_real_tokens(
     assert after.headers["x-ratelimit-limit-tokens"] == "70"
     assert after.headers["x-ratelimit-remaining-tokens"] == str(70 - used)
     big = node.chat(secret, max_tokens=57)  # 60 > 59 left: refused until the 11 leave
-    assert_error(big, 429, "requests", "rate_limit_exceeded")
+    assert_error(big, 429, "tokens", "rate_limit_exceeded")
     assert big.headers["Retry-After"] == "60"
     clock.now += 60
     assert node.chat(secret, max_tokens=57).status_code == 200

@@ -14,7 +14,7 @@ def quota_error(exc: RateLimited | BudgetExceeded) -> ApiError:
         return ApiError(
             429,
             str(exc),
-            type="requests",  # OpenAI's type for rate limits
+            type=exc.kind,  # OpenAI's types for rate limits: "requests" or "tokens"
             code="rate_limit_exceeded",
             headers={**exc.headers, "Retry-After": str(exc.retry_after)},
         )

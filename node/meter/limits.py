@@ -26,10 +26,13 @@ WINDOW_S = 60.0
 class RateLimited(Exception):
     """Over a limit: HTTP 429 `rate_limit_exceeded` with `Retry-After`."""
 
-    def __init__(self, message: str, retry_after_s: float, headers: dict[str, str]) -> None:
+    def __init__(
+        self, message: str, retry_after_s: float, headers: dict[str, str], kind: str = "requests"
+    ) -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s
         self.headers = headers
+        self.kind = kind  # "requests" (rpm, parallel) or "tokens" (tpm), OpenAI's error types
 
     @property
     def retry_after(self) -> int:
@@ -126,6 +129,7 @@ class RateLimiter:
                     f" API key's {limits.tpm} tokens per minute; lower max_tokens.",
                     WINDOW_S,
                     self._headers(state, limits, now),
+                    "tokens",
                 )
             used = state.used_tokens()
             if used + tokens > limits.tpm:
@@ -135,6 +139,7 @@ class RateLimiter:
                     f" {tokens}).",
                     self._token_wait(state, limits.tpm - tokens, now),
                     self._headers(state, limits, now),
+                    "tokens",
                 )
 
     @staticmethod
