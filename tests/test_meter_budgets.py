@@ -174,3 +174,54 @@ def test_an_older_database_keeps_its_rows_and_learns_rejected(tmp_path: Path) ->
     finally:
         conn.close()
     assert {"requests_started", "requests_key", "requests_running", "requests_org"} <= indexes
+
+
+def _brute_force(db: Path, column: str, name: str, since_us: int) -> int:
+    conn = sqlite3.connect(db)
+    try:
+        (units,) = conn.execute(
+            "SELECT coalesce(sum(max(cost_units, reserved_units)), 0) FROM requests"
+            f" WHERE {column} = ? AND started >= ?",
+            (name, since_us),
+        ).fetchone()
+    finally:
+        conn.close()
+    return units
+
+
+def test_running_totals_match_the_rows_through_budget_changes_and_recovery(
+    tmp_path: Path,
+) -> None:
+    clock = Clock()
+    db = tmp_path / "m.db"
+    with _meter(tmp_path, clock) as meter:
+        key, _ = meter.create_key("LLM", org="acme")  # no budget yet: nothing tracked
+        ceiling = Usage(prompt_tokens=10, completion_tokens=20)
+        for i, day in enumerate((0, 0, 1, 3)):  # rows on several days
+            clock.now = T0 + day * 86_400_000_000
+            meter.admit(start(f"a{i}", key_id=key.id), ceiling).result()
+            meter.finish(f"a{i}", Usage(10, 0, i), "ok").result()
+        meter.admit(start("running", key_id=key.id), ceiling).result()
+        # Set a budget after the traffic: the month so far counts, running row included.
+        meter.update_key(key.id, {"budget": parse_budget("1", "month")})
+        meter.set_org("acme", parse_budget("1", "week"))
+        month = period_bounds("month", clock.now)[0]
+        week = period_bounds("week", clock.now)[0]
+        expected_key = _brute_force(db, "key_id", key.id, month)
+        expected_org = _brute_force(db, "org", "acme", week)
+        key_status = meter.key_json(meter.get_key(key.id))["budget"]  # type: ignore[arg-type]
+        assert Decimal(key_status["spent"]) * 10**12 == expected_key
+        (org,) = meter.list_orgs()
+        assert Decimal(org["budget"]["spent"]) * 10**12 == expected_org
+        # Settling and recovering keep them equal; removing and setting again rebuilds.
+        meter.admit(start("late", key_id=key.id), ceiling).result()
+        meter.finish("late", Usage(10, 0, 7), "cancelled").result()
+        meter.update_key(key.id, {"budget": None})
+        meter.admit(start("untracked", key_id=key.id), ceiling).result()
+        meter.finish("untracked", Usage(3, 0, 3), "ok").result()
+        meter.update_key(key.id, {"budget": parse_budget("1", "total")})
+        assert meter.recover_interrupted() == 1  # "running" dies with its process
+        total = meter.key_json(meter.get_key(key.id))["budget"]["spent"]  # type: ignore[arg-type]
+        assert Decimal(total) * 10**12 == _brute_force(db, "key_id", key.id, 0)
+        (org,) = meter.list_orgs()
+        assert Decimal(org["budget"]["spent"]) * 10**12 == _brute_force(db, "org", "acme", week)

@@ -1,11 +1,12 @@
 """Budgets of keys and orgs: an exact amount per period, checked at admission.
 
 A budget is stored as integer micro-units (10^-6 currency). What a key or org has spent in the
-current period is the sum over its rows started in the period of `max(cost_units,
-reserved_units)`: a running row holds its maximum cost (`reserved_units`) until its finish
-settles it to the real cost (and sets `reserved_units` to 0). The check and the insert of the
-new row run in the same write transaction (the writer thread, `BEGIN IMMEDIATE`), so concurrent
-requests, also of other processes, can never overrun a budget together.
+current period is the settled cost of its rows started in the period plus the maximum cost
+(`reserved_units`) its running rows hold until their finish settles them to the real cost;
+`spend.py` keeps those totals per day, so the check costs the same however busy the key is.
+The check and the insert of the new row run in the same write transaction (the writer thread,
+`BEGIN IMMEDIATE`), so concurrent requests, also of other processes, can never overrun a
+budget together.
 
 A budget is in the price list's currency (a node bills in one currency). A request without a
 price costs 0 and is never stopped by a budget.
@@ -19,6 +20,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+from node.meter import spend
 from node.meter.money import COST_SCALE, MoneyError, cost_from_units, exact_text
 from node.meter.times import from_datetime, iso, to_datetime
 
@@ -84,15 +86,10 @@ def period_bounds(period: str, now_us: int) -> tuple[int, int | None]:
     return from_datetime(start), from_datetime(end)
 
 
-def spent_units(conn: sqlite3.Connection, column: str, value: str, since_us: int) -> int:
-    """Cost units held by the rows of one key (`column` key_id) or org since `since_us`."""
-    assert column in ("key_id", "org")
-    (units,) = conn.execute(
-        "SELECT coalesce(sum(max(cost_units, reserved_units)), 0) FROM requests"
-        f" WHERE {column} = ? AND started >= ?",
-        (value, since_us),
-    ).fetchone()
-    return int(units)
+def spent_units(conn: sqlite3.Connection, scope: str, name: str, since_us: int) -> int:
+    """Cost units held by a key's or org's rows since `since_us`: settled plus reserved."""
+    settled, reserved = spend.held(conn, scope, name, since_us)
+    return settled + reserved
 
 
 @dataclass(frozen=True)
@@ -121,12 +118,10 @@ def check(
     """The first budget (scope, name, budget) the request's maximum cost would overrun."""
     for scope, name, budget in budgets:
         since, end = period_bounds(budget.period, now_us)
-        column = "key_id" if scope == "key" else "org"
-        spent = spent_units(conn, column, name, since)
-        if spent + max_cost_units <= budget.units:
+        settled, reserved = spend.held(conn, scope, name, since)
+        if settled + reserved + max_cost_units <= budget.units:
             continue
         # Reservations of running requests are freed when they finish: worth a quick retry.
-        settled = _settled_units(conn, column, name, since)
         if settled + max_cost_units <= budget.units:
             retry: int | None = 1
         elif end is None:
@@ -137,23 +132,15 @@ def check(
     return None
 
 
-def _settled_units(conn: sqlite3.Connection, column: str, value: str, since_us: int) -> int:
-    (units,) = conn.execute(
-        f"SELECT coalesce(sum(cost_units), 0) FROM requests WHERE {column} = ? AND started >= ?",
-        (value, since_us),
-    ).fetchone()
-    return int(units)
-
-
 def status(
-    conn: sqlite3.Connection, column: str, name: str, budget: Budget, now_us: int
+    conn: sqlite3.Connection, scope: str, name: str, budget: Budget, now_us: int
 ) -> dict[str, Any]:
     """`{"amount", "period", "period_start", "spent", "remaining"}`, exact decimal strings.
 
     Spent includes the reservations of running requests.
     """
     since, _end = period_bounds(budget.period, now_us)
-    spent = spent_units(conn, column, name, since)
+    spent = spent_units(conn, scope, name, since)
     return {
         "amount": exact_text(budget.amount),
         "period": budget.period,
@@ -176,12 +163,11 @@ def annotate(conn: sqlite3.Connection, by: str, row: dict[str, Any], now_us: int
             if found is None
             else dict(zip(("rpm", "tpm", "max_parallel"), found[2:], strict=True))
         )
-        column, name = "key_id", row["key_id"]
+        scope, name = "key", row["key_id"]
     else:
-        name = row["org"]
+        scope, name = "org", row["org"]
         budget = None if name is None else org_budget(conn, name)
-        column = "org"
-    row["budget"] = None if budget is None else status(conn, column, name, budget, now_us)
+    row["budget"] = None if budget is None else status(conn, scope, name, budget, now_us)
 
 
 # --- orgs ------------------------------------------------------------------------------------
@@ -203,6 +189,15 @@ def set_org(
         " budget_period = excluded.budget_period",
         (name, micro, period),
     )
+    track(conn, "org", name, budget is not None)
+
+
+def track(conn: sqlite3.Connection, scope: str, name: str, budgeted: bool) -> None:
+    """Keep running totals for a scope exactly while it has a budget."""
+    if not budgeted:
+        spend.drop(conn, scope, name)
+    elif not spend.tracked(conn, scope, name):
+        spend.rebuild(conn, scope, name)
 
 
 def org_budget(conn: sqlite3.Connection, name: str) -> Budget | None:

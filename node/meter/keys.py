@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from node.meter.budgets import Budget, budget_of
+from node.meter.budgets import Budget, budget_of, track
 from node.meter.money import exact_text
 from node.meter.times import US_PER_DAY, US_PER_SECOND, to_datetime
 
@@ -131,6 +131,7 @@ def create(
             conn.execute(f"INSERT INTO api_keys ({_COLUMNS}) VALUES ({', '.join('?' * 13)})", row)
         except sqlite3.IntegrityError:
             continue  # an id collision (48 random bits): draw again
+        track(conn, "key", key_id, budget is not None)
         return _key(row), secret
 
 
@@ -189,7 +190,11 @@ def update(
         sets["budget_period"] = None if budget is None else budget.period
     if sets:
         assignments = ", ".join(f"{column} = ?" for column in sets)
-        conn.execute(f"UPDATE api_keys SET {assignments} WHERE id = ?", [*sets.values(), key_id])
+        cursor = conn.execute(
+            f"UPDATE api_keys SET {assignments} WHERE id = ?", [*sets.values(), key_id]
+        )
+        if cursor.rowcount and "budget" in changes:
+            track(conn, "key", key_id, changes["budget"] is not None)
     return get(conn, key_id)
 
 

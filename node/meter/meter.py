@@ -177,9 +177,7 @@ class Meter:
         """`key.to_json()` with the budget's spending in the current period."""
         data = key.to_json()
         if key.budget is not None:
-            data["budget"] = budgets.status(
-                self._read(), "key_id", key.id, key.budget, self._clock()
-            )
+            data["budget"] = budgets.status(self._read(), "key", key.id, key.budget, self._clock())
         return data
 
     # --- orgs -------------------------------------------------------------------------------

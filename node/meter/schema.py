@@ -129,3 +129,16 @@ def m004_controls(db: Database) -> None:
     # The maximum cost held for a running request by budgets; 0 once it is finished.
     db.execute("ALTER TABLE requests ADD COLUMN reserved_units INTEGER NOT NULL DEFAULT 0")
     db.execute("CREATE INDEX requests_org ON requests (org, started)")
+    # Running totals of the keys and orgs with a budget (see `spend.py`), in cost units.
+    db.execute(
+        """
+        CREATE TABLE budget_spend (
+            scope TEXT NOT NULL CHECK (scope IN ('key', 'org')),
+            name TEXT NOT NULL,
+            day INTEGER NOT NULL,                 -- 1 + days since the epoch; 0: all time
+            settled INTEGER NOT NULL,             -- cost of finished rows
+            reserved INTEGER NOT NULL,            -- maximum cost held by running rows
+            PRIMARY KEY (scope, name, day)
+        ) STRICT, WITHOUT ROWID
+        """
+    )

@@ -10,7 +10,7 @@ import sqlite3
 from dataclasses import dataclass
 from decimal import Decimal
 
-from node.meter import budgets, prices
+from node.meter import budgets, prices, spend
 from node.meter.budgets import Budget
 from node.meter.money import cost_from_units, cost_units
 
@@ -122,6 +122,9 @@ def open_request(
             None if status == "running" else now_us,
         ),
     )
+    if status == "running" and reserved:
+        spend.add(conn, "key", start.key_id, now_us, reserved=reserved)
+        spend.add(conn, "org", start.org, now_us, reserved=reserved)
     billed = None if price is None else prices.to_price(start.model, start.gpu_type, price)
     return Opened(billed, refusal)
 
@@ -160,6 +163,11 @@ def finish(
     if status not in FINAL_STATUSES:
         raise ValueError(f"status {status!r} is not one of {', '.join(FINAL_STATUSES)}")
     _check_counts(usage)
+    before = conn.execute(
+        "SELECT key_id, org, started, reserved_units FROM requests"
+        " WHERE id = ? AND status = 'running'",
+        (request_id,),
+    ).fetchone()
     conn.execute(
         "UPDATE requests SET prompt_tokens = ?, cached_tokens = ?, completion_tokens = ?,"
         f" cost_units = {_COST_SQL}, reserved_units = 0, finished = ?, status = ?"
@@ -173,11 +181,27 @@ def finish(
     if row is None:
         raise UnknownRequest(f"no meter row for request {request_id!r}")
     units, currency, priced = row
+    if before is not None:
+        _settle(conn, *before, units)
     return Bill(cost=cost_from_units(units), currency=currency, priced=bool(priced))
+
+
+def _settle(
+    conn: sqlite3.Connection, key_id: str, org: str | None, started: int, reserved: int, cost: int
+) -> None:
+    """A row's reservation becomes its real cost in the budgets' running totals."""
+    for scope, name in (("key", key_id), ("org", org)):
+        spend.add(conn, scope, name, started, settled=cost, reserved=-reserved)
 
 
 def recover(conn: sqlite3.Connection) -> int:
     """Rows still running (their process died) become interrupted at their last checkpoint."""
+    running = conn.execute(
+        "SELECT key_id, org, started, reserved_units, cost_units FROM requests"
+        " WHERE status = 'running'"
+    ).fetchall()
+    for row in running:
+        _settle(conn, *row)
     return conn.execute(
         "UPDATE requests SET status = 'interrupted', finished = coalesce(checkpointed, started),"
         " reserved_units = 0 WHERE status = 'running'"
