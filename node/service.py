@@ -272,6 +272,7 @@ class NodeService:
             gpu_type=self.gpu.type,
             gpu_name=self.gpu.name,
             user=admission.user,
+            prompt_tokens=prompt_tokens,  # a kill before the first checkpoint keeps the prompt
         )
         return await self.gate.admit(start, admission.key.limits, prompt_tokens, max_completion)
 

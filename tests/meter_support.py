@@ -32,6 +32,8 @@ def start(
     gpu_type: str = "cpu",
     endpoint: str = "/v1/chat/completions",
     user: str | None = None,
+    prompt_tokens: int = 0,
+    cached_tokens: int = 0,
 ) -> RequestStart:
     return RequestStart(
         id=request_id,
@@ -43,4 +45,6 @@ def start(
         gpu_type=gpu_type,
         gpu_name="cpu" if gpu_type == "cpu" else f"NVIDIA {gpu_type}",
         user=user,
+        prompt_tokens=prompt_tokens,
+        cached_tokens=cached_tokens,
     )

@@ -34,6 +34,24 @@ def test_open_is_durable_and_idempotent(tmp_path: Path) -> None:
         assert [(r["id"], r["status"], r["user"]) for r in rows] == [("r1", "running", "alice")]
 
 
+def test_the_opening_row_carries_the_prompt_and_its_cost(tmp_path: Path) -> None:
+    with Meter(tmp_path / "m.db") as meter:
+        meter.set_price("smollm2-135m", "cpu", "19.78", "167.66")
+        meter.open_request(start("r1", prompt_tokens=18, cached_tokens=4)).result()
+        row = meter.request_row("r1")
+        assert row["status"] == "running"
+        assert (row["prompt_tokens"], row["cached_tokens"], row["completion_tokens"]) == (18, 4, 0)
+        assert row["cost"] == "0.00035604"  # 18 x 19.78 / 1M: owed even if the node dies now
+        meter.open_request(start("unpriced", model="other", prompt_tokens=7)).result()
+        assert meter.request_row("unpriced")["prompt_tokens"] == 7
+        for bad in (-1, 1.5, None):
+            with pytest.raises(ValueError, match="prompt token count"):
+                meter.open_request(start("bad", prompt_tokens=bad)).result()  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match="cached token count"):
+            meter.open_request(start("bad", prompt_tokens=3, cached_tokens=-2)).result()
+        assert meter.request_row("bad") is None
+
+
 def test_checkpoint_then_finish_and_finish_only_once(tmp_path: Path) -> None:
     with Meter(tmp_path / "m.db") as meter:
         meter.set_price("smollm2-135m", "cpu", "19.78", "167.66")
@@ -95,8 +113,9 @@ def test_recovery_after_a_killed_process_keeps_the_last_checkpoint(tmp_path: Pat
         from tests.meter_support import start
         meter = Meter({str(db)!r})
         meter.set_price("smollm2-135m", "cpu", "19.78", "167.66")
-        meter.open_request(start("killed")).result()
+        meter.open_request(start("killed", prompt_tokens=18)).result()
         meter.checkpoint("killed", Usage(18, 2, 16)).result()
+        meter.open_request(start("in-prefill", prompt_tokens=18)).result()  # no checkpoint yet
         meter.open_request(start("done")).result()
         meter.finish("done", Usage(1, 0, 1), "ok").result()
         os.kill(os.getpid(), signal.SIGKILL)
@@ -106,7 +125,7 @@ def test_recovery_after_a_killed_process_keeps_the_last_checkpoint(tmp_path: Pat
     assert proc.returncode == -9
     recovery_time = Clock(parse_moment("2030-01-01"))
     with Meter(db, clock=recovery_time) as meter:
-        assert meter.recover_interrupted() == 1
+        assert meter.recover_interrupted() == 2
         assert meter.recover_interrupted() == 0
         row = meter.request_row("killed")
         assert row is not None
@@ -115,6 +134,12 @@ def test_recovery_after_a_killed_process_keeps_the_last_checkpoint(tmp_path: Pat
         assert row["cost"] == "0.0030386"
         assert row["finished"] is not None and row["finished"] >= row["started"]
         assert row["finished"] < "2030"  # the checkpoint's time, not the recovery's
+        prefill = meter.request_row("in-prefill")
+        assert prefill["status"] == "interrupted"
+        counts = (prefill["prompt_tokens"], prefill["cached_tokens"], prefill["completion_tokens"])
+        assert counts == (18, 0, 0)  # the prompt was counted when the row opened
+        assert prefill["cost"] == "0.00035604"
+        assert prefill["finished"] == prefill["started"]  # never checkpointed
         assert meter.request_row("done")["status"] == "ok"
 
 

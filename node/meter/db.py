@@ -1,37 +1,56 @@
 """Opening the meter database: connections, pragmas, migrations, thread-local readers.
 
 Writes go through `writer.Writer` (one thread, one connection); reads use one connection per
-thread so authentication never queues behind a write.
+thread so authentication never queues behind a write. Connections open an existing file only
+(see `dbfile`); with a guard, only the very file the meter opened first.
 """
 
 from __future__ import annotations
 
-import os
 import sqlite3
 import threading
 import time
 
 from sqlite_utils import Database
 
+from node.meter.dbfile import FileGuard, open_uri
+from node.meter.errors import MeterUnavailable
 from node.meter.schema import migrations
 
-
-class MeterUnavailable(RuntimeError):
-    """The meter database cannot be written (read-only, full, locked too long): HTTP 503."""
+__all__ = ["MeterUnavailable", "Readers", "connect", "migrate"]
 
 
 def connect(
-    path: str | os.PathLike[str], busy_timeout_s: float, *, synchronous: str
+    path: str, busy_timeout_s: float, *, synchronous: str, guard: FileGuard | None = None
 ) -> sqlite3.Connection:
-    """A connection in autocommit mode: transactions are explicit (`BEGIN IMMEDIATE`)."""
+    """A connection in autocommit mode: transactions are explicit (`BEGIN IMMEDIATE`).
+
+    The file must exist. With a guard, it must be the guard's file: checked before and after
+    opening, before SQLite reads anything (a stranger's file would be read with our -wal).
+    """
+    if guard is not None:
+        guard.check()
     try:
         conn = sqlite3.connect(
-            os.fspath(path), timeout=busy_timeout_s, isolation_level=None, check_same_thread=False
+            open_uri(path),
+            uri=True,
+            timeout=busy_timeout_s,
+            isolation_level=None,
+            check_same_thread=False,
         )
+    except sqlite3.Error as exc:
+        raise MeterUnavailable(f"cannot open meter database {path}: {exc}") from exc
+    try:
+        if guard is not None:
+            guard.check()
         conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
         conn.execute(f"PRAGMA synchronous = {synchronous}")
     except sqlite3.Error as exc:
-        raise MeterUnavailable(f"cannot open meter database {os.fspath(path)}: {exc}") from exc
+        conn.close()
+        raise MeterUnavailable(f"cannot open meter database {path}: {exc}") from exc
+    except BaseException:
+        conn.close()
+        raise
     return conn
 
 
@@ -72,11 +91,12 @@ def _migrate_once(conn: sqlite3.Connection) -> None:
 
 
 class Readers:
-    """One read connection per thread, all closed together."""
+    """One read connection per thread, all closed together; each use checks the file first."""
 
-    def __init__(self, path: str | os.PathLike[str], busy_timeout_s: float) -> None:
+    def __init__(self, path: str, busy_timeout_s: float, guard: FileGuard) -> None:
         self._path = path
         self._busy_timeout_s = busy_timeout_s
+        self._guard = guard
         self._local = threading.local()
         self._all: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
@@ -90,10 +110,14 @@ class Readers:
             with self._lock:
                 if self._closed:
                     raise MeterUnavailable("the meter is closed")
-                conn = connect(self._path, self._busy_timeout_s, synchronous="NORMAL")
+                conn = connect(
+                    self._path, self._busy_timeout_s, synchronous="NORMAL", guard=self._guard
+                )
                 conn.execute("PRAGMA query_only = 1")
                 self._all.append(conn)
             self._local.conn = conn
+        else:
+            self._guard.check()
         return conn
 
     def close(self) -> None:

@@ -23,6 +23,7 @@ from node.meter.billing import Filters
 from node.meter.budgets import Budget
 from node.meter.checkpointer import Checkpointer
 from node.meter.db import MeterUnavailable, Readers, connect, migrate
+from node.meter.dbfile import FileGuard, create_private
 from node.meter.keys import ApiKey, Limits
 from node.meter.money import parse_currency, parse_price
 from node.meter.prices import Price, PricePeriod
@@ -46,7 +47,10 @@ class Meter:
         max_batch: int = 256,
         clock: Callable[[], int] = now_us,
     ) -> None:
-        """Open (creating and migrating if needed) and start the writer thread.
+        """Open (creating 0600 and migrating if needed) and start the writer thread.
+
+        Only this first open may create the file; from then on the meter uses that very file
+        and raises MeterUnavailable once it is deleted or replaced, never writing elsewhere.
 
         `synchronous`: SQLite's setting for the writer (FULL: a commit survives power loss;
         NORMAL: survives a crash of the process). `max_size_bytes` caps the file (a full disk
@@ -55,22 +59,34 @@ class Meter:
         """
         if synchronous.upper() not in ("NORMAL", "FULL", "EXTRA"):
             raise ValueError(f"synchronous {synchronous!r} must be NORMAL, FULL or EXTRA")
-        self.path = os.fspath(path)
+        # Absolute: every later connection must reach the same file even after a chdir.
+        self.path = os.path.abspath(os.fspath(path))
         self._clock = clock
-        conn = connect(path, busy_timeout_s, synchronous=synchronous.upper())
         try:
+            create_private(self.path)  # the only place a meter database is ever created
+        except OSError as exc:
+            raise MeterUnavailable(
+                f"cannot open meter database {self.path}: {exc.strerror or exc}"
+            ) from exc
+        conn = connect(self.path, busy_timeout_s, synchronous=synchronous.upper())
+        try:
+            self._guard = FileGuard(self.path)  # the file `conn` holds, from now on
             migrate(conn, busy_timeout_s)
             _ensure_wal(conn)
             conn.execute("PRAGMA wal_autocheckpoint = 0")  # the checkpointer thread does it
             if max_size_bytes is not None:
                 page_size = conn.execute("PRAGMA page_size").fetchone()[0]
                 conn.execute(f"PRAGMA max_page_count = {max(1, max_size_bytes // page_size)}")
-            self._checkpointer = Checkpointer(path, busy_timeout_s)
+            self._checkpointer = Checkpointer(self.path, busy_timeout_s, self._guard)
+            self._guard.on_lost = self._checkpointer.forget_wal
+        except OSError as exc:  # the file vanished between creation and the identity check
+            conn.close()
+            raise MeterUnavailable(f"cannot open meter database {self.path}: {exc}") from exc
         except BaseException:
             conn.close()
             raise
-        self._writer = Writer(conn, max_batch=max_batch)
-        self._readers = Readers(path, busy_timeout_s)
+        self._writer = Writer(conn, max_batch=max_batch, guard=self._guard.check)
+        self._readers = Readers(self.path, busy_timeout_s, self._guard)
         self._touched: dict[str, int] = {}
         self._touch_lock = threading.Lock()
 
@@ -92,13 +108,13 @@ class Meter:
         if not isinstance(secret, str) or not secret:
             return None
         now = self._clock()
-        key = keys.verify(self._read(), secret, now_us=now)
+        key = self._read(lambda c: keys.verify(c, secret, now_us=now))
         if key is not None:
             self._note_use(key.id, now)
         return key
 
     def current_price(self, model: str, gpu_type: str) -> Price | None:
-        return prices.current(self._read(), model, gpu_type)
+        return self._read(lambda c: prices.current(c, model, gpu_type))
 
     def open_request(self, start: RequestStart) -> Future[Price | None]:
         """Durable row (status running) with the prices in force; the price it is billed at."""
@@ -168,16 +184,17 @@ class Meter:
         )
 
     def get_key(self, key_id: str) -> ApiKey | None:
-        return keys.get(self._read(), key_id)
+        return self._read(lambda c: keys.get(c, key_id))
 
     def list_keys(self) -> list[ApiKey]:
-        return keys.list_all(self._read())
+        return self._read(keys.list_all)
 
     def key_json(self, key: ApiKey) -> dict[str, Any]:
         """`key.to_json()` with the budget's spending in the current period."""
         data = key.to_json()
         if key.budget is not None:
-            data["budget"] = budgets.status(self._read(), "key", key.id, key.budget, self._clock())
+            budget, now = key.budget, self._clock()
+            data["budget"] = self._read(lambda c: budgets.status(c, "key", key.id, budget, now))
         return data
 
     # --- orgs -------------------------------------------------------------------------------
@@ -192,10 +209,12 @@ class Meter:
         return self.org_json(name)
 
     def org_json(self, name: str) -> dict[str, Any]:
-        return budgets.org_json(self._read(), name, self._clock())
+        now = self._clock()
+        return self._read(lambda c: budgets.org_json(c, name, now))
 
     def list_orgs(self) -> list[dict[str, Any]]:
-        return budgets.list_orgs(self._read(), self._clock())
+        now = self._clock()
+        return self._read(lambda c: budgets.list_orgs(c, now))
 
     def delete_key(self, key_id: str) -> bool:
         return self._wait(self._writer.submit(lambda c: keys.delete(c, key_id)))
@@ -234,7 +253,7 @@ class Meter:
         )
 
     def list_prices(self, *, history: bool = False) -> list[PricePeriod]:
-        return prices.list_periods(self._read(), history=history)
+        return self._read(lambda c: prices.list_periods(c, history=history))
 
     # --- billing ----------------------------------------------------------------------------
 
@@ -242,27 +261,38 @@ class Meter:
         """`billing.status`; grouped by key or org, each row with a budget also carries
         `budget` (amount, period, spent in the current period, remaining) and key rows their
         `limits`."""
-        conn = self._read()
-        report = billing.status(conn, filters or Filters(), by)
-        if by in ("key", "org"):
-            now = self._clock()
-            for row in report["rows"]:
-                budgets.annotate(conn, by, row, now)
-        return report
+        now = self._clock()
+
+        def report(conn: sqlite3.Connection) -> dict[str, Any]:
+            data = billing.status(conn, filters or Filters(), by)
+            if by in ("key", "org"):
+                for row in data["rows"]:
+                    budgets.annotate(conn, by, row, now)
+            return data
+
+        return self._read(report)
 
     def billing_requests(
         self, filters: Filters | None = None, limit: int = 100
     ) -> list[dict[str, Any]]:
-        return billing.requests(self._read(), filters or Filters(), limit)
+        return self._read(lambda c: billing.requests(c, filters or Filters(), limit))
 
     def request_row(self, request_id: str) -> dict[str, Any] | None:
-        rows = billing.requests(self._read(), Filters(request_id=request_id), 1)
+        rows = self._read(lambda c: billing.requests(c, Filters(request_id=request_id), 1))
         return rows[0] if rows else None
 
     # --- internals --------------------------------------------------------------------------
 
-    def _read(self) -> sqlite3.Connection:
-        return self._readers.get()
+    def _read(self, query: Callable[[sqlite3.Connection], T]) -> T:
+        """Run `query` on this thread's connection; a failing database is MeterUnavailable
+        (HTTP 503), a bug in the query stays what it is."""
+        conn = self._readers.get()  # checks that the file is still ours
+        try:
+            return query(conn)
+        except (sqlite3.IntegrityError, sqlite3.ProgrammingError, sqlite3.InterfaceError):
+            raise
+        except sqlite3.DatabaseError as exc:  # locked, corrupt, I/O error, schema gone
+            raise MeterUnavailable(f"meter database cannot be read: {exc}") from exc
 
     def _note_use(self, key_id: str, now: int) -> None:
         # Coalesced: at most one queued write per key per interval, never one per request.

@@ -31,6 +31,11 @@ class Usage:
 
 @dataclass(frozen=True)
 class RequestStart:
+    """What is known at admission. The prompt is counted before the row opens, so a node
+    killed during prefill still leaves its prompt tokens on the (then interrupted) row.
+    `cached_tokens`: the prompt's cached prefix if already known; the engine learns it when a
+    slot takes the request, and the next checkpoint or the finish records it."""
+
     id: str
     key_id: str
     org: str | None
@@ -40,6 +45,8 @@ class RequestStart:
     gpu_type: str
     gpu_name: str
     user: str | None
+    prompt_tokens: int
+    cached_tokens: int = 0
 
 
 @dataclass(frozen=True)
@@ -74,6 +81,7 @@ def open_request(
     """
     if not start.id:
         raise ValueError("request id is empty")
+    _check_counts(Usage(start.prompt_tokens, start.cached_tokens, 0))
     existing = conn.execute(
         "SELECT model, gpu_type, prompt_price_micro, completion_price_micro, currency"
         " FROM requests WHERE id = ?",
@@ -98,11 +106,12 @@ def open_request(
         )
         refusal = budgets.check(conn, _budgets(conn, start), reserved, now_us)
     status = "rejected" if refused or refusal is not None else "running"
+    running = status == "running"
     conn.execute(
         "INSERT INTO requests (id, key_id, org, endpoint, model, quant_type, gpu_type, gpu_name,"
-        " started, prompt_price_micro, completion_price_micro, currency, user, status,"
-        " reserved_units, finished)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        " started, prompt_price_micro, completion_price_micro, currency, user, prompt_tokens,"
+        " cached_tokens, cost_units, status, reserved_units, finished)"
+        f" VALUES ({', '.join('?' * 19)})",
         (
             start.id,
             start.key_id,
@@ -117,12 +126,16 @@ def open_request(
             None if price is None else price.completion,
             None if price is None else price.currency,
             start.user,
+            0 if not running else start.prompt_tokens,  # a refused request counts nothing
+            0 if not running else start.cached_tokens,
+            # billed if interrupted
+            0 if price is None or not running else start.prompt_tokens * price.prompt,
             status,
-            reserved if status == "running" else 0,
-            None if status == "running" else now_us,
+            reserved if running else 0,
+            None if running else now_us,
         ),
     )
-    if status == "running" and reserved:
+    if running and reserved:
         spend.add(conn, "key", start.key_id, now_us, reserved=reserved)
         spend.add(conn, "org", start.org, now_us, reserved=reserved)
     billed = None if price is None else prices.to_price(start.model, start.gpu_type, price)

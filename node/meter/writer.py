@@ -4,6 +4,9 @@ Tasks that queue up while a transaction commits are committed together (group co
 its own savepoint so one task's logic error does not undo its neighbours. A future resolves only
 after COMMIT returned, so a result means "durable". If a batch cannot commit, its tasks are
 retried one by one, so only the tasks that really cannot be written fail.
+
+The guard runs before each batch and after its COMMIT: a batch is not written into a file that
+was deleted or replaced, and one whose file vanished during the commit does not count as written.
 """
 
 from __future__ import annotations
@@ -35,9 +38,18 @@ class _Failed(Exception):
 
 
 class Writer:
-    def __init__(self, conn: sqlite3.Connection, *, max_batch: int = 256) -> None:
+    def __init__(
+        self,
+        conn: sqlite3.Connection,
+        *,
+        max_batch: int = 256,
+        guard: Callable[[], None] = lambda: None,
+    ) -> None:
+        """`guard` raises MeterUnavailable when the file `conn` writes is no longer the
+        meter's file."""
         self._conn = conn
         self._max_batch = max_batch
+        self._guard = guard
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._closed = False
         self._close_lock = threading.Lock()
@@ -111,8 +123,9 @@ class Writer:
     def _transaction(self, batch: list[tuple[Task, Future[Any]]]) -> list[tuple[bool, Any]]:
         conn = self._conn
         try:
+            self._guard()
             conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, MeterUnavailable) as exc:
             raise _Failed(at_begin=True) from exc
         outcomes: list[tuple[bool, Any]] = []
         try:
@@ -139,6 +152,10 @@ class Writer:
         except BaseException:
             self._rollback()
             raise
+        try:
+            self._guard()
+        except MeterUnavailable as exc:  # committed into a file that is gone: not durable
+            raise _Failed(at_begin=True) from exc
         return outcomes
 
     def _undo_task(self) -> None:
