@@ -18,9 +18,9 @@ from starlette.datastructures import Headers, MutableHeaders
 from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from node.api.errors import ApiError
+from node.api.errors import ApiError, to_api_error
 from node.meter import ApiKey
-from node.service import AuthenticationFailed, NodeService
+from node.service import NodeService
 
 # Routes that need no key. Unknown routes and wrong methods pass through unauthenticated to
 # the router's 404 / 405, as before.
@@ -51,11 +51,10 @@ class AuthMiddleware:
         loop = asyncio.get_running_loop()
         try:
             key = await loop.run_in_executor(self._pool, self.service.authenticate, authorization)
-        except AuthenticationFailed as exc:
-            error = ApiError(401, str(exc), type="authentication_error", code="invalid_api_key")
-            await _answer(send, error, {})
+        except Exception as exc:  # 401; the meter unreadable (file gone): 503
+            await _answer(send, to_api_error(exc), {})
             return
-        rate_headers = key.limits and self.service.rate_headers
+        limited = bool(key.limits)
         if _is_admin(scope["path"]) and key.level != "ADMIN":
             error = ApiError(
                 403,
@@ -63,10 +62,10 @@ class AuthMiddleware:
                 type="permission_error",
                 code="insufficient_permissions",
             )
-            await _answer(send, error, self.service.rate_headers(key) if rate_headers else {})
+            await _answer(send, error, self.service.rate_headers(key) if limited else {})
             return
         scope["state"] = {**scope.get("state", {}), "api_key": key}
-        if not rate_headers:
+        if not limited:
             await self.app(scope, receive, send)
             return
 
