@@ -112,6 +112,7 @@ async def admission(meter: Meter, key_id: str, tag: str, limits: Limits, n: int)
                 "cpu",
                 "cpu",
                 None,
+                prompt_tokens=20,
             )
             began = time.perf_counter()
             admitted = await gate.admit(start, limits, 20, 64)

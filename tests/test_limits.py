@@ -107,3 +107,15 @@ def test_reset_durations_read_like_openai() -> None:
         "6m0s",
         "1m1.25s",
     ]
+
+
+def test_a_request_settled_after_its_minute_changes_nothing(clock: Clock) -> None:
+    limiter = RateLimiter(clock)
+    limits = Limits(tpm=100)
+    long_one = limiter.admit("k", limits, 90)
+    clock.now += 61  # its reservation has left the window while it still runs
+    short = limiter.admit("k", limits, 30)
+    assert short.headers["x-ratelimit-remaining-tokens"] == "70"
+    long_one.settle(500)  # a long generation ends: the old minute is over
+    short.settle(5)
+    assert limiter.headers("k", limits)["x-ratelimit-remaining-tokens"] == "95"

@@ -43,22 +43,26 @@ class RateLimited(Exception):
 class _Spend:
     at: float
     tokens: int
+    expired: bool = False
 
 
 @dataclass
 class _KeyState:
     requests: deque[float] = field(default_factory=deque)
     tokens: deque[_Spend] = field(default_factory=deque)
+    token_sum: int = 0  # of `tokens`, kept so that admission is O(1), not O(rpm)
     active: int = 0
 
     def expire(self, now: float) -> None:
         while self.requests and self.requests[0] <= now - WINDOW_S:
             self.requests.popleft()
         while self.tokens and self.tokens[0].at <= now - WINDOW_S:
-            self.tokens.popleft()
+            spend = self.tokens.popleft()
+            spend.expired = True
+            self.token_sum -= spend.tokens
 
     def used_tokens(self) -> int:
-        return sum(spend.tokens for spend in self.tokens)
+        return self.token_sum
 
 
 class Ticket:
@@ -94,6 +98,7 @@ class RateLimiter:
             state.requests.append(now)
             spend = _Spend(now, tokens)
             state.tokens.append(spend)
+            state.token_sum += tokens
             state.active += 1
             ticket = Ticket(self, key_id, spend)
             ticket.headers = self._headers(state, limits, now)
@@ -164,8 +169,7 @@ class RateLimiter:
             headers["x-ratelimit-remaining-requests"] = str(remaining)
             headers["x-ratelimit-reset-requests"] = duration(last)
         if limits.tpm is not None:
-            spent = [s for s in state.tokens if s.tokens > 0]
-            last = spent[-1].at + WINDOW_S - now if spent else 0.0
+            last = state.tokens[-1].at + WINDOW_S - now if state.tokens else 0.0
             headers["x-ratelimit-limit-tokens"] = str(limits.tpm)
             headers["x-ratelimit-remaining-tokens"] = str(max(0, limits.tpm - state.used_tokens()))
             headers["x-ratelimit-reset-tokens"] = duration(last)
@@ -178,7 +182,9 @@ class RateLimiter:
                 return
             state.active = max(0, state.active - 1)
             if spend is not None:
-                spend.tokens = tokens  # still in the window at its admission time, or expired
+                if not spend.expired:  # still in the window at its admission time
+                    state.token_sum += tokens - spend.tokens
+                spend.tokens = tokens
             if not state.active and not state.requests and not state.tokens:
                 del self._keys[key_id]  # idle keys cost no memory
 
