@@ -37,7 +37,6 @@ _ERRORS = {
     "401": "Missing, unknown, deleted or expired API key",
     "404": "`model_not_found`",
     "413": "Request body over the limit",
-    "403": "`permission_error`",
     "429": "The model's queue is full, or a key's rate limit (`rate_limit_exceeded`) or budget"
     " (`insufficient_quota`) is reached; see `Retry-After`",
     "503": "Models loading, or the meter cannot record",
