@@ -225,3 +225,16 @@ def test_running_totals_match_the_rows_through_budget_changes_and_recovery(
         assert Decimal(total) * 10**12 == _brute_force(db, "key_id", key.id, 0)
         (org,) = meter.list_orgs()
         assert Decimal(org["budget"]["spent"]) * 10**12 == _brute_force(db, "org", "acme", week)
+
+
+def test_deleting_a_key_drops_its_running_totals(tmp_path: Path) -> None:
+    with _meter(tmp_path) as meter:
+        key, _ = meter.create_key("LLM", budget=parse_budget("1", "day"))
+        meter.admit(start("a", key_id=key.id), Usage(1, 0, 1)).result()
+        assert meter.delete_key(key.id)
+    conn = sqlite3.connect(tmp_path / "m.db")
+    try:
+        left = conn.execute("SELECT count(*) FROM budget_spend WHERE name = ?", (key.id,))
+        assert left.fetchone() == (0,)
+    finally:
+        conn.close()

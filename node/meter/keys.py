@@ -209,7 +209,8 @@ def list_all(conn: sqlite3.Connection) -> list[ApiKey]:
 
 
 def delete(conn: sqlite3.Connection, key_id: str) -> bool:
-    """Remove a key; False when there is no such key."""
+    """Remove a key (and its budget's running totals); False when there is no such key."""
+    track(conn, "key", key_id, False)
     return conn.execute("DELETE FROM api_keys WHERE id = ?", (key_id,)).rowcount > 0
 
 
