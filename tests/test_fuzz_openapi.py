@@ -169,11 +169,11 @@ def _fuzz(
         node.cases[label] = node.cases.get(label, 0) + 1
         body = case.body
         limits = {"max_tokens", "max_completion_tokens"}
-        is_chat = operation.path == "/v1/chat/completions"
-        if is_chat and isinstance(body, dict) and not limits & set(body):
+        generates = operation.path in ("/v1/chat/completions", "/v1/completions")
+        if generates and isinstance(body, dict) and all(body.get(k) is None for k in limits):
             # A negative case whose flaw lies elsewhere (or one that turned out valid) must not
-            # generate a whole context: an absent limit cannot be the flaw, so setting it keeps
-            # the case what it was.
+            # generate a whole context: an absent or null limit (both valid) cannot be the
+            # flaw, so setting it keeps the case what it was.
             body["max_tokens"] = MAX_TOKENS
         try:
             case.call_and_validate(base_url=node.url, headers=headers, checks=checks, timeout=60)
