@@ -27,8 +27,13 @@ def test_fresh_database_is_wal_and_fully_migrated(tmp_path: Path) -> None:
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
     finally:
         conn.close()
-    assert [name for (name,) in applied] == ["m001_api_keys", "m002_prices", "m003_requests"]
-    assert {"api_keys", "prices", "requests"} <= tables
+    assert [name for (name,) in applied] == [
+        "m001_api_keys",
+        "m002_prices",
+        "m003_requests",
+        "m004_controls",
+    ]
+    assert {"api_keys", "prices", "requests", "orgs"} <= tables
 
 
 def test_concurrent_first_opens_migrate_once(tmp_path: Path) -> None:

@@ -11,13 +11,15 @@ from starlette.exceptions import HTTPException
 from starlette.routing import Route
 from starlette.types import ASGIApp
 
-from node.api import health, metrics, openapi
+from node.api import admin, health, metrics, openapi
+from node.api.auth import AuthMiddleware
 from node.api.context import RequestContext
 from node.api.errors import handle_api_error, handle_http_exception
 from node.api.metrics import NodeMetrics
 from node.api.openai import ROUTES as OPENAI_ROUTES
+from node.api.quota import handle_quota_error
 from node.errors import NodeError
-from node.service import NodeService
+from node.service import BudgetExceeded, NodeService, RateLimited
 
 DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
 
@@ -26,6 +28,7 @@ ROUTES = [
     Route("/health", health.health, methods=["GET"]),
     Route("/metrics", metrics.metrics, methods=["GET"]),
     Route("/openapi.json", openapi.openapi, methods=["GET"]),
+    *admin.ROUTES,
 ]
 
 # Errors every layer raises for the client (`NodeError`, carrying its own status) and request
@@ -55,6 +58,8 @@ def create_app(
         routes=ROUTES,
         exception_handlers={
             **handlers,
+            RateLimited: handle_quota_error,
+            BudgetExceeded: handle_quota_error,
             HTTPException: handle_http_exception,
             Exception: handle_api_error,
         },
@@ -63,4 +68,5 @@ def create_app(
     app.state.service = service
     app.state.metrics = node_metrics
     node_metrics.count_decodes(service.decode_calls)
-    return RequestContext(app, max_body_bytes=max_body_bytes)
+    auth = AuthMiddleware(app, service, ROUTES)
+    return RequestContext(auth, max_body_bytes=max_body_bytes)

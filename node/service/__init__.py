@@ -4,6 +4,7 @@
 lifecycle of one generation's meter row, `errors` what the service refuses.
 """
 
+from node.admission import BudgetExceeded, RateLimited
 from node.meter import MeterUnavailable
 from node.service.admission import Admission, UsageObserver
 from node.service.errors import AuthenticationFailed, ModelNotFound, NotReady, RejectedByModel
@@ -14,12 +15,14 @@ __all__ = [
     "CHECKPOINT_EVERY",
     "Admission",
     "AuthenticationFailed",
+    "BudgetExceeded",
     "ChoiceEvent",
     "MeterUnavailable",
     "MeteredGeneration",
     "ModelNotFound",
     "NodeService",
     "NotReady",
+    "RateLimited",
     "RejectedByModel",
     "UsageObserver",
 ]

@@ -14,8 +14,9 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import Future
 from typing import Protocol, TypeVar
 
+from node.admission import Admitted
 from node.engine.interface import Finished, Generation, GenerationEvent, TextDelta, TokenCounts
-from node.meter import Bill, Meter, MeterUnavailable, Price, Usage
+from node.meter import Bill, Meter, MeterUnavailable, Usage
 from node.service.admission import Admission, UsageObserver
 
 log = logging.getLogger("node.service")
@@ -70,7 +71,7 @@ class MeteredGeneration:
         host: MeterHost,
         admission: Admission,
         model: str,
-        price: Price | None,
+        admitted: Admitted,
         started: dict[int, Generation],
         deferred: dict[int, tuple[int, Callable[[], Generation]]],
         n: int,
@@ -78,7 +79,8 @@ class MeteredGeneration:
         self._host = host
         self._admission = admission
         self.model = model
-        self.price = price
+        self._admitted = admitted
+        self.price = admitted.price
         self.n = n
         self.bill: Bill | None = None
         self.finished: Finished | None = None
@@ -203,6 +205,7 @@ class MeteredGeneration:
 
     async def _finish(self, counts: TokenCounts, status: str) -> Bill:
         ad = self._admission
+        self._admitted.settle(counts.prompt_tokens + counts.completion_tokens)
         self._host.observer.finished(
             model=self.model,
             key_id=ad.key.id,

@@ -16,6 +16,7 @@ from concurrent.futures import Future
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
+from node.admission import Admitted, Gate
 from node.config import ModelSpec
 from node.engine.interface import (
     ContextOverflow,
@@ -29,6 +30,7 @@ from node.engine.interface import (
     TokenCounts,
 )
 from node.meter import ApiKey, Bill, Meter, Price, RequestStart
+from node.meter.limits import RateLimiter
 from node.service.admission import Admission, UsageObserver
 from node.service.errors import AuthenticationFailed, ModelNotFound, NotReady, RejectedByModel
 from node.service.metered import DRAIN_TIMEOUT_S, MeteredGeneration, usage_of, wait_meter
@@ -56,12 +58,15 @@ class NodeService:
         meter: Meter,
         gpu: GpuInfo,
         observer: UsageObserver,
+        limiter: RateLimiter | None = None,
     ) -> None:
+        """`limiter`: the per-key rate limits' live counts (tests pass one with their clock)."""
         self.specs = specs
         self.pool = pool
         self.meter = meter
         self.gpu = gpu
         self.observer = observer
+        self.gate = Gate(meter, limiter or RateLimiter())
         self.load_error: str | None = None
         self._load_task: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[object]] = set()
@@ -167,8 +172,9 @@ class NodeService:
     # -- metered work -----------------------------------------------------------------------
 
     async def _open(
-        self, admission: Admission, info: ModelInfo, prompt_tokens: int
-    ) -> Price | None:
+        self, admission: Admission, info: ModelInfo, prompt_tokens: int, max_completion: int
+    ) -> Admitted:
+        """Limits, budgets and the durable meter row (RateLimited, BudgetExceeded)."""
         start = RequestStart(
             id=admission.request_id,
             key_id=admission.key.id,
@@ -181,7 +187,11 @@ class NodeService:
             user=admission.user,
             prompt_tokens=prompt_tokens,  # a kill before the first checkpoint keeps the prompt
         )
-        return await wait_meter(self.meter.open_request(start))
+        return await self.gate.admit(start, admission.key.limits, prompt_tokens, max_completion)
+
+    def rate_headers(self, key: ApiKey) -> dict[str, str]:
+        """`x-ratelimit-*` for a key with limits; empty for one without."""
+        return self.gate.headers(key.id, key.limits)
 
     async def generate(
         self,
@@ -209,8 +219,14 @@ class NodeService:
             engine.validate(params)  # the client's mistakes are refused before a meter row exists
         except ValueError as exc:
             raise RejectedByModel(str(exc)) from exc
-        # MeterUnavailable: nothing generated. Each prompt is billed once, whatever its n.
-        price = await self._open(admission, engine.info, sum(len(p) for p in prompts))
+        # The most completion tokens it can use: every choice's limit, or the context left.
+        limit = engine.info.n_ctx_per_seq
+        max_completion = n * sum(params.max_tokens or max(0, limit - len(p)) for p in prompts)
+        # MeterUnavailable, RateLimited, BudgetExceeded: nothing generated. Each prompt is
+        # billed once, whatever its n.
+        admitted = await self._open(
+            admission, engine.info, sum(len(p) for p in prompts), max_completion
+        )
 
         def submitter(prompt: list[int], j: int) -> Callable[[], Generation]:
             seed = None if params.seed is None or j == 0 else params.seed + j
@@ -228,11 +244,14 @@ class NodeService:
             # Admitted but never run: the row says so, with zero tokens.
             for generation in started.values():
                 generation.cancel()
+            admitted.settle(0)
             await self._finish_quietly(admission.request_id, TokenCounts(), "error")
             if isinstance(exc, ValueError) and not isinstance(exc, ContextOverflow):
                 raise RejectedByModel(str(exc)) from exc
             raise
-        return MeteredGeneration(self, admission, engine.info.id, price, started, deferred, total)
+        return MeteredGeneration(
+            self, admission, engine.info.id, admitted, started, deferred, total
+        )
 
     async def embed(
         self, admission: Admission, engine: EmbeddingEngine, texts: Sequence[str | list[int]]
@@ -251,7 +270,7 @@ class NodeService:
             if n > limit:
                 raise ContextOverflow(n, limit, param="input")
             n_prompt += n
-        await self._open(admission, engine.info, n_prompt)
+        admitted = await self._open(admission, engine.info, n_prompt, 0)
         began = time.perf_counter()
         self.observer.started(engine.info.id)
         status, counts = "error", TokenCounts()
@@ -259,6 +278,7 @@ class NodeService:
             result = await engine.embed(texts)
             status, counts = "ok", TokenCounts(prompt_tokens=result.prompt_tokens)
         finally:
+            admitted.settle(counts.prompt_tokens)
             bill_future = self.meter.finish(admission.request_id, usage_of(counts), status)
             self.observer.finished(
                 model=engine.info.id,
