@@ -27,7 +27,12 @@ def test_fresh_database_is_wal_and_fully_migrated(tmp_path: Path) -> None:
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
     finally:
         conn.close()
-    assert [name for (name,) in applied] == ["m001_api_keys", "m002_prices", "m003_requests"]
+    assert [name for (name,) in applied] == [
+        "m001_api_keys",
+        "m002_prices",
+        "m003_requests",
+        "m005_export_seq",
+    ]
     assert {"api_keys", "prices", "requests"} <= tables
 
 

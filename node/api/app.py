@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from pydantic import ValidationError
 from starlette.applications import Starlette
@@ -16,6 +16,7 @@ from node.api.context import RequestContext
 from node.api.errors import ApiError, handle_api_error, handle_http_exception
 from node.api.metrics import NodeMetrics
 from node.engine.interface import ContextOverflow, EngineBusy
+from node.fleet.status import ExportStatus
 from node.service import (
     AuthenticationFailed,
     MeterUnavailable,
@@ -58,8 +59,10 @@ def create_app(
     node_metrics: NodeMetrics,
     *,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    fleet: Callable[[], ExportStatus] | None = None,
 ) -> ASGIApp:
-    """`service.observer` should be `node_metrics` so `/metrics` sees every request."""
+    """`service.observer` should be `node_metrics` so `/metrics` sees every request.
+    `fleet`: in fleet mode, the exporter's status for /metrics and /health."""
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
@@ -82,4 +85,7 @@ def create_app(
     app.state.service = service
     app.state.metrics = node_metrics
     node_metrics.count_decodes(service.decode_calls)
+    app.state.fleet = fleet
+    if fleet is not None:
+        node_metrics.watch_export(fleet)
     return RequestContext(app, max_body_bytes=max_body_bytes)

@@ -6,7 +6,8 @@ import logging
 
 import click
 
-from node.commands.options import db_option, models_option
+from node.commands.fleet_access import join_fleet
+from node.commands.options import db_option, fleet_db_option, models_option
 from node.config import RegistryError, resolve_models
 
 MIB = 1024 * 1024
@@ -31,6 +32,12 @@ MIB = 1024 * 1024
     type=click.FloatRange(min=0, min_open=True, max=1024),
     help="Largest request body in MiB; larger ones get 413.",
 )
+@fleet_db_option
+@click.option(
+    "--node-id",
+    envvar="LLM_NODE_NODE_ID",
+    help="This node's id in the fleet (default: generated once, kept in the meter).",
+)
 def serve(
     host: str,
     port: int,
@@ -38,6 +45,8 @@ def serve(
     db_path: str,
     gpu_type: str | None,
     max_body_mb: float,
+    fleet_db: str | None,
+    node_id: str | None,
 ) -> None:
     """Serve the models over the OpenAI-compatible HTTP API."""
     try:
@@ -66,10 +75,19 @@ def serve(
         meter = Meter(db_path)
     except MeterUnavailable as exc:
         raise click.ClickException(str(exc)) from None
+    exporter = None
     try:
+        exporter = join_fleet(meter, fleet_db, node_id)
         metrics = NodeMetrics()
         service = NodeService(specs, ModelPool(), meter, gpu, metrics)
-        app = create_app(service, metrics, max_body_bytes=int(max_body_mb * MIB))
+        app = create_app(
+            service,
+            metrics,
+            max_body_bytes=int(max_body_mb * MIB),
+            fleet=None if exporter is None else exporter.status,
+        )
         uvicorn.run(app, host=host, port=port, log_level="info", lifespan="on", access_log=False)
     finally:
+        if exporter is not None:
+            exporter.stop()  # after the last request finished: its row goes out too
         meter.close()

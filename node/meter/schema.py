@@ -86,3 +86,50 @@ def m003_requests(db: Database) -> None:
     db.execute("CREATE INDEX requests_started ON requests (started)")
     db.execute("CREATE INDEX requests_key ON requests (key_id, started)")
     db.execute("CREATE INDEX requests_running ON requests (status) WHERE status = 'running'")
+
+
+@migrations()
+def m005_export_seq(db: Database) -> None:
+    """Fleet export: a monotonic `seq` on every final row, the export watermark, the node id.
+
+    Triggers give the sequence number in the very transaction that makes a row final (finish,
+    recovery of an interrupted row, a row inserted final), so no code path can forget it and a
+    reader that sees seq N also sees every seq below N (SQLite has one writer). A counter, not
+    max(seq), so pruning rows never hands out a number twice. Rows final before this migration
+    are numbered now, oldest first: a node joining a fleet exports its history. A later
+    migration that rebuilds `requests` must recreate these triggers.
+    """
+    db.execute(
+        """
+        CREATE TABLE export_state (
+            id INTEGER PRIMARY KEY CHECK (id = 1),
+            node_id TEXT NOT NULL,
+            last_seq INTEGER NOT NULL,            -- the last seq given to a final row
+            exported_seq INTEGER NOT NULL,        -- watermark: rows up to it are in PostgreSQL
+            exported_at INTEGER                   -- when the watermark last moved
+        ) STRICT
+        """
+    )
+    db.execute("ALTER TABLE requests ADD COLUMN seq INTEGER")
+    db.execute(
+        "INSERT INTO export_state (id, node_id, last_seq, exported_seq)"
+        " VALUES (1, 'node-' || lower(hex(randomblob(6))), 0, 0)"
+    )
+    db.execute(
+        "UPDATE requests SET seq = ranked.n FROM (SELECT id, row_number() OVER"
+        " (ORDER BY finished, id) AS n FROM requests WHERE status != 'running') AS ranked"
+        " WHERE requests.id = ranked.id"
+    )
+    db.execute("UPDATE export_state SET last_seq = (SELECT coalesce(max(seq), 0) FROM requests)")
+    db.execute("CREATE UNIQUE INDEX requests_seq ON requests (seq) WHERE seq IS NOT NULL")
+    for event, name in (("UPDATE OF status", "requests_seq_final"), ("INSERT", "requests_seq_new")):
+        db.execute(
+            f"""
+            CREATE TRIGGER {name} AFTER {event} ON requests
+            WHEN NEW.status != 'running' AND NEW.seq IS NULL
+            BEGIN
+                UPDATE export_state SET last_seq = last_seq + 1;
+                UPDATE requests SET seq = (SELECT last_seq FROM export_state) WHERE id = NEW.id;
+            END
+            """
+        )
