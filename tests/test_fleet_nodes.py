@@ -10,6 +10,7 @@ import json
 import threading
 import time
 from collections.abc import Callable, Iterator
+from decimal import Decimal
 from pathlib import Path
 
 import httpx
@@ -172,3 +173,29 @@ def test_node_killed_during_export_restarts_without_duplicate_or_missing_row(
     assert by_id[running][2] == "interrupted"
     assert by_id[running][3] > 1500  # its prompt tokens are billed
     assert set(finished) <= set(by_id)
+
+
+def test_fleet_billing_totals_equal_the_sum_of_both_nodes(fleet: Fleet) -> None:
+    a, b = fleet.nodes
+    fleet.chat(b, "One more for the bill.")
+    fleet.assert_exported_exactly_once()
+    local = {n.name: json.loads(n.cli("billing", "status", "--json"))["total"] for n in (a, b)}
+    total = json.loads(a.cli("billing", "status", "--fleet-db", fleet.url, "--json"))["total"]
+    for field in ("requests", "prompt_tokens", "cached_tokens", "completion_tokens"):
+        assert total[field] == local["node-a"][field] + local["node-b"][field]
+    assert Decimal(total["cost"]) == Decimal(local["node-a"]["cost"]) + Decimal(
+        local["node-b"]["cost"]
+    )
+    by_node = json.loads(
+        b.cli("billing", "status", "--fleet-db", fleet.url, "--by", "node", "--json")
+    )
+    assert {row["node_id"]: row for row in by_node["rows"]} == {
+        name: {"node_id": name, **sums} for name, sums in local.items()
+    }
+    listed = json.loads(
+        a.cli("billing", "requests", "--fleet-db", fleet.url, "--limit", "1000", "--json")
+    )
+    assert len(listed) == total["requests"]
+    assert {row["node_id"] for row in listed} == {"node-a", "node-b"}
+    table = a.cli("billing", "status", "--fleet-db", fleet.url, "--by", "node")
+    assert "node-a" in table and "node-b" in table and "TOTAL" in table
