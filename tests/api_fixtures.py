@@ -9,8 +9,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import httpx
-import uvicorn
 from starlette.types import ASGIApp
+
+from node.api.server import HttpLimits, build_server
 
 
 def free_port() -> int:
@@ -21,10 +22,12 @@ def free_port() -> int:
 
 @contextmanager
 def serve_in_thread(app: ASGIApp) -> Iterator[str]:
-    """The app under a real uvicorn server; yields its base URL."""
+    """The app under the node's own uvicorn server (same protocol and limits as `serve`);
+    yields its base URL."""
     port = free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
-    server = uvicorn.Server(config)
+    server = build_server(
+        app, host="127.0.0.1", port=port, limits=HttpLimits(), log_level="warning"
+    )
     thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
     thread.start()
     deadline = time.monotonic() + 30

@@ -1,7 +1,8 @@
 """The outermost ASGI layer: request id, body size limit, last-resort error answer.
 
 It wraps the whole Starlette app (outside Starlette's own error middleware) so that even a 500
-for a real bug carries `x-request-id` and the OpenAI error shape.
+for a real bug carries `x-request-id` and the OpenAI error shape. The body's read deadline is
+the HTTP protocol's (`node.api.http_protocol`): a timed-out client is a disconnect here.
 """
 
 from __future__ import annotations
@@ -26,8 +27,8 @@ def request_id_of(scope: Scope) -> str:
     return scope["state"]["request_id"]
 
 
-class _BodyTooLarge(Exception):
-    pass
+class _ClientGone(Exception):
+    """The client disconnected before its body was complete: there is no request to serve."""
 
 
 class RequestContext:
@@ -53,6 +54,8 @@ class RequestContext:
 
         try:
             body = await self._read_body(scope, receive)
+        except _ClientGone:
+            return
         except ApiError as error:
             await self._answer(send_with_id, error)
             return
@@ -78,40 +81,37 @@ class RequestContext:
                 await self._answer(send_with_id, error)
 
     async def _read_body(self, scope: Scope, receive: Receive) -> bytes:
-        """The whole body, refused as soon as it is known to exceed the limit."""
+        """The whole body, refused as soon as it is known to exceed the limit.
+
+        What a refused client still sends is read and dropped by the server (the answer reaches
+        a client that writes its whole body before reading), within the body deadline.
+        """
         headers = dict(scope["headers"])
         length = headers.get(b"content-length")
         if length is not None:
             if not length.isdigit():
-                raise ApiError(400, "Invalid Content-Length header.", code="invalid_header")
+                raise ApiError(
+                    400,
+                    "Invalid Content-Length header.",
+                    code="invalid_header",
+                    headers={"connection": "close"},  # where the next request starts is unknown
+                )
             if int(length) > self.max_body_bytes:
-                await self._discard_body(receive)
                 raise self._too_large()
         chunks: list[bytes] = []
         size = 0
         while True:
             message = await receive()
-            if message["type"] == "http.disconnect":
-                break
+            if message["type"] == "http.disconnect":  # a truncated body is no request
+                raise _ClientGone
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.max_body_bytes:  # chunked bodies carry no length: count
-                if message.get("more_body", False):
-                    await self._discard_body(receive)
                 raise self._too_large()
             chunks.append(chunk)
             if not message.get("more_body", False):
                 break
         return b"".join(chunks)
-
-    async def _discard_body(self, receive: Receive) -> None:
-        """Read (a bounded amount of) the rest, so the client sees our answer, not a reset."""
-        budget = 4 * self.max_body_bytes + (64 << 20)
-        while budget > 0:
-            message = await receive()
-            if message["type"] != "http.request" or not message.get("more_body", False):
-                return
-            budget -= len(message.get("body", b""))
 
     def _too_large(self) -> ApiError:
         mib = self.max_body_bytes / (1024 * 1024)

@@ -6,11 +6,15 @@ import logging
 
 import click
 
+from node.api.limits import HttpLimits
 from node.commands.fleet_access import join_fleet
 from node.commands.options import db_option, fleet_db_option, models_option
 from node.config import RegistryError, resolve_models
 
 MIB = 1024 * 1024
+KIB = 1024
+_DEFAULT = HttpLimits()
+_SECONDS = click.FloatRange(min=0, min_open=True, max=3600)
 
 
 @click.command()
@@ -32,6 +36,48 @@ MIB = 1024 * 1024
     type=click.FloatRange(min=0, min_open=True, max=1024),
     help="Largest request body in MiB; larger ones get 413.",
 )
+@click.option(
+    "--header-timeout",
+    default=_DEFAULT.header_timeout,
+    show_default=True,
+    type=_SECONDS,
+    help="Seconds a client has for the request line and headers; then 408 and close.",
+)
+@click.option(
+    "--body-timeout",
+    default=_DEFAULT.body_timeout,
+    show_default=True,
+    type=_SECONDS,
+    help="Seconds a client has for the whole body once its headers are in; then 408 and close.",
+)
+@click.option(
+    "--write-timeout",
+    default=_DEFAULT.write_timeout,
+    show_default=True,
+    type=_SECONDS,
+    help="Seconds the response may wait on a client that reads nothing; then the connection drops.",
+)
+@click.option(
+    "--max-header-kb",
+    default=_DEFAULT.max_header_bytes // KIB,
+    show_default=True,
+    type=click.IntRange(1, 1024),
+    help="Largest request line plus headers in KiB; larger ones get 431 (414 for the line).",
+)
+@click.option(
+    "--max-headers",
+    default=_DEFAULT.max_headers,
+    show_default=True,
+    type=click.IntRange(1, 10_000),
+    help="Most header fields in one request; more get 431.",
+)
+@click.option(
+    "--max-connections",
+    default=_DEFAULT.max_connections,
+    show_default=True,
+    type=click.IntRange(1, 1_000_000),
+    help="Most open client connections; a request on one more gets 503.",
+)
 @fleet_db_option
 @click.option(
     "--node-id",
@@ -45,6 +91,12 @@ def serve(
     db_path: str,
     gpu_type: str | None,
     max_body_mb: float,
+    header_timeout: float,
+    body_timeout: float,
+    write_timeout: float,
+    max_header_kb: int,
+    max_headers: int,
+    max_connections: int,
     fleet_db: str | None,
     node_id: str | None,
 ) -> None:
@@ -56,11 +108,19 @@ def serve(
     if gpu_type is not None and not gpu_type.strip():
         raise click.BadParameter("must not be empty", param_hint="--gpu-type")
 
-    # Heavy imports only once the arguments are known good.
-    import uvicorn
+    limits = HttpLimits(
+        header_timeout=header_timeout,
+        body_timeout=body_timeout,
+        write_timeout=write_timeout,
+        max_header_bytes=max_header_kb * KIB,
+        max_headers=max_headers,
+        max_connections=max_connections,
+    )
 
+    # Heavy imports only once the arguments are known good.
     from node.api.app import create_app
     from node.api.metrics import NodeMetrics
+    from node.api.server import build_server
     from node.engine.pool import ModelPool
     from node.gpu import detect_gpu
     from node.meter import Meter, MeterUnavailable
@@ -86,8 +146,11 @@ def serve(
             max_body_bytes=int(max_body_mb * MIB),
             fleet=None if exporter is None else exporter.status,
         )
-        uvicorn.run(app, host=host, port=port, log_level="info", lifespan="on", access_log=False)
+        server = build_server(app, host=host, port=port, limits=limits)
+        server.run()
     finally:
         if exporter is not None:
             exporter.stop()  # after the last request finished: its row goes out too
         meter.close()
+    if not server.started:  # uvicorn logged why (e.g. the port is taken)
+        raise SystemExit(3)
