@@ -3,17 +3,25 @@
 from __future__ import annotations
 
 import ctypes
+import math
+import numbers
 import secrets
+from collections.abc import Mapping
 
 import llama_cpp
 import numpy as np
 
+from node.engine.grammar_cache import GrammarCache, parse_grammar
 from node.engine.interface import SamplingParams
 from node.engine.model import LoadedModel
 from node.engine.softmax_draw import SoftmaxDraw
 
 PENALTY_LAST_N = 64  # tokens looked back for repeat / frequency / presence penalties
 _MAX_SEED = 0xFFFFFFFF  # llama.cpp's LLAMA_DEFAULT_SEED means "random": never pass it through
+# Below this a temperature is greedy: 1/T overflows float32 near 1e-38, and long before that
+# the draw is an argmax anyway (logits differ by far more than T). llama.cpp does the same.
+GREEDY_BELOW = 1e-4
+MAX_ABS_BIAS = 100.0  # OpenAI's range; larger values only push logits towards inf
 
 
 def resolve_seed(seed: int | None) -> int:
@@ -32,7 +40,10 @@ class SequenceSampler:
     the token and feeds it back to the penalties and grammar.
     """
 
-    def __init__(self, model: LoadedModel, params: SamplingParams) -> None:
+    def __init__(
+        self, model: LoadedModel, params: SamplingParams, grammars: GrammarCache | None = None
+    ) -> None:
+        check_params(params, model.n_vocab)
         self.seed = resolve_seed(params.seed)
         self._penalties: llama_cpp.llama_sampler_p | None = None  # owned by the chain
         self._grammar: llama_cpp.llama_sampler_p | None = None  # owned by this object
@@ -42,7 +53,7 @@ class SequenceSampler:
             llama_cpp.llama_sampler_chain_default_params()
         )
         try:
-            self._build(model, params)
+            self._build(model, params, grammars)
         except BaseException:
             self.close()
             raise
@@ -52,11 +63,8 @@ class SequenceSampler:
             raise ValueError(f"invalid sampling parameters: {what}")
         llama_cpp.llama_sampler_chain_add(self._chain, sampler)
 
-    def _build(self, model: LoadedModel, p: SamplingParams) -> None:
+    def _build(self, model: LoadedModel, p: SamplingParams, grammars: GrammarCache | None) -> None:
         n_vocab = model.n_vocab
-        for token in p.logit_bias or {}:
-            if not 0 <= int(token) < n_vocab:
-                raise ValueError(f"logit_bias token {token} is not in the vocabulary")
         if _plain_softmax(p):
             self._draw = SoftmaxDraw(n_vocab, p.temperature, p.logit_bias or {}, self.seed)
             return
@@ -70,8 +78,6 @@ class SequenceSampler:
                 "logit_bias",
             )
         if p.repeat_penalty != 1.0 or p.frequency_penalty != 0.0 or p.presence_penalty != 0.0:
-            if p.repeat_penalty <= 0.0:
-                raise ValueError("repeat_penalty must be greater than 0")
             penalties = llama_cpp.llama_sampler_init_penalties(
                 n_vocab,
                 PENALTY_LAST_N,
@@ -82,14 +88,13 @@ class SequenceSampler:
             self._add(penalties, "penalties")
             self._penalties = penalties
         if p.grammar:
-            grammar = llama_cpp.llama_sampler_init_grammar(
-                model.vocab, p.grammar.encode("utf-8"), b"root"
-            )
-            if not grammar:
-                raise ValueError("the grammar could not be parsed")
+            if grammars is not None:
+                grammar = grammars.sampler(p.grammar)
+            else:
+                grammar = parse_grammar(model.vocab, p.grammar)
             self._grammar = grammar  # kept out of the chain: see `_sample_constrained`
             self._candidates = _Candidates(n_vocab)
-        if p.temperature <= 0.0:
+        if p.temperature < GREEDY_BELOW:
             self._add(llama_cpp.llama_sampler_init_greedy(), "greedy")
             return
         if p.top_k > 0:
@@ -147,10 +152,51 @@ class SequenceSampler:
             self._grammar = None
 
 
+def check_params(p: SamplingParams, n_vocab: int) -> None:
+    """ValueError for values llama.cpp would turn into NaN logits, a bad id or an abort."""
+    for name in (
+        "temperature",
+        "top_p",
+        "min_p",
+        "presence_penalty",
+        "frequency_penalty",
+        "repeat_penalty",
+    ):
+        value = getattr(p, name)
+        if not _is_finite_number(value):
+            raise ValueError(f"{name} must be a finite number")
+    if p.temperature < 0.0:
+        raise ValueError("temperature must not be negative")
+    if p.repeat_penalty <= 0.0:
+        raise ValueError("repeat_penalty must be greater than 0")
+    if isinstance(p.top_k, bool) or not isinstance(p.top_k, numbers.Integral):
+        raise ValueError("top_k must be an integer")
+    _check_logit_bias(p.logit_bias, n_vocab)
+
+
+def _check_logit_bias(bias: Mapping[int, float] | None, n_vocab: int) -> None:
+    for token, value in (bias or {}).items():
+        # bool is an int, and int("3") or int(3.7) would silently pick a token: ints only.
+        if isinstance(token, bool) or not isinstance(token, numbers.Integral):
+            raise ValueError(f"logit_bias keys must be integer token ids, got {token!r}")
+        if not 0 <= token < n_vocab:
+            raise ValueError(f"logit_bias token {token} is not in the vocabulary")
+        if not _is_finite_number(value) or abs(value) > MAX_ABS_BIAS:
+            raise ValueError(f"logit_bias for token {token} must be a number between -100 and 100")
+
+
+def _is_finite_number(value: object) -> bool:
+    return (
+        isinstance(value, numbers.Real)
+        and not isinstance(value, bool)
+        and math.isfinite(float(value))
+    )
+
+
 def _plain_softmax(p: SamplingParams) -> bool:
     """A temperature and nothing that needs llama.cpp's samplers (a bias is fine)."""
     return (
-        p.temperature > 0.0
+        p.temperature >= GREEDY_BELOW
         and not p.grammar
         and p.top_k <= 0
         and p.top_p >= 1.0
@@ -195,7 +241,10 @@ class _Candidates:
         self.array.sorted = False
 
     def selected(self) -> int:
-        return int(self.data["id"][self.array.selected])
+        index = self.array.selected
+        if not 0 <= index < self.array.size:  # e.g. NaN logits, or a grammar that allows nothing
+            raise ValueError("the sampler selected no token")
+        return int(self.data["id"][index])
 
     def allowed(self, grammar: llama_cpp.llama_sampler_p, token: int) -> bool:
         self._one["id"] = token

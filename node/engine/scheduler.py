@@ -18,6 +18,7 @@ import llama_cpp
 
 from node.engine.batch import TokenBatch
 from node.engine.generation import Request, deliver
+from node.engine.grammar_cache import GrammarCache
 from node.engine.interface import (
     ContextOverflow,
     EngineBusy,
@@ -78,6 +79,7 @@ class Scheduler:
             )
         )
         self._memory = llama_cpp.llama_get_memory(self._ctx)
+        self._grammars = GrammarCache(model.vocab)  # parsed once in validate, cloned in submit
         self._gen_batch = TokenBatch(self.parallel)
         self._prompt_batch = TokenBatch(self.n_batch)
         self._slots = [_Slot(i) for i in range(self.parallel)]
@@ -108,7 +110,8 @@ class Scheduler:
             raise ContextOverflow(n_prompt_tokens, self.n_ctx_per_seq)
 
     def validate(self, params: SamplingParams) -> None:
-        SequenceSampler(self.model, params).close()  # raises ValueError as submit would
+        # Raises ValueError as submit would; the parsed grammar stays cached for submit.
+        SequenceSampler(self.model, params, self._grammars).close()
 
     def submit(self, prompt_tokens: list[int], params: SamplingParams) -> Request:
         if not prompt_tokens:
@@ -120,7 +123,7 @@ class Scheduler:
                 raise RuntimeError(f"model {self.info.id} is shut down")
             if len(self._waiting) >= self.max_queue:
                 raise EngineBusy()
-        sampler = SequenceSampler(self.model, params)  # raises ValueError on a bad grammar
+        sampler = SequenceSampler(self.model, params, self._grammars)  # ValueError: bad params
         sampler.accept_prompt(prompt_tokens)
         request = Request(list(prompt_tokens), params, sampler, loop)
         with self._cond:
@@ -148,6 +151,7 @@ class Scheduler:
             self._stopping = True
             self._cond.notify()
         self._thread.join()
+        self._grammars.close()
         llama_cpp.llama_free(self._ctx)
         self._ctx = None
         self.model.close()
@@ -239,9 +243,7 @@ class Scheduler:
             return
         for index, slot in enumerate(slots):
             slot.cache.append(slot.next_token)
-            request = slot.request
-            assert request is not None
-            self._on_token(slot, request.sampler.sample(self._ctx, index), events)
+            self._sample(slot, index, events)
 
     def _decode_prompt_chunks(self, slots: list[_Slot], events: Events) -> int:
         """The next chunk of each of these prompts (all the same length), in one decode.
@@ -277,9 +279,7 @@ class Scheduler:
             slot.cache.extend(slot.pending[:size])
             del slot.pending[:size]
             if not slot.pending:
-                request = slot.request
-                assert request is not None
-                self._on_token(slot, request.sampler.sample(self._ctx, index), events)
+                self._sample(slot, index, events)
         return size * len(slots)
 
     def _llama_decode(self, batch: TokenBatch) -> int:
@@ -358,6 +358,24 @@ class Scheduler:
             llama_cpp.llama_memory_seq_rm(self._memory, slot.seq_id, -1, -1)
             keep = 0
         del slot.cache[keep:]
+
+    def _sample(self, slot: _Slot, index: int, events: Events) -> None:
+        """Sample the slot's next token; a sampler failure or an id llama.cpp would abort on
+        (e.g. from NaN logits) fails this request alone."""
+        request = slot.request
+        assert request is not None
+        try:
+            token = request.sampler.sample(self._ctx, index)
+        except Exception as exc:
+            log.exception("model %s: sampling failed", self.info.id)
+            self._finish(slot, "error", events, drop_kv=True, error=f"sampling failed: {exc}")
+            return
+        if not 0 <= token < self.model.n_vocab:
+            error = f"sampling produced token id {token}, outside the vocabulary"
+            log.error("model %s: %s", self.info.id, error)
+            self._finish(slot, "error", events, drop_kv=True, error=error)
+            return
+        self._on_token(slot, token, events)
 
     def _on_token(self, slot: _Slot, token: int, events: Events) -> None:
         request = slot.request

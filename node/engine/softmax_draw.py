@@ -23,10 +23,13 @@ class SoftmaxDraw:
     def __init__(
         self, n_vocab: int, temperature: float, logit_bias: Mapping[int, float], seed: int
     ) -> None:
-        if temperature <= 0.0:
+        if not temperature > 0.0:
             raise ValueError("a softmax draw needs a temperature above 0")
         self.n_vocab = n_vocab
-        self._scale = np.float32(1.0 / temperature)
+        with np.errstate(over="ignore"):
+            self._scale = np.float32(1.0 / temperature)
+        if not np.isfinite(self._scale):  # a tiny temperature is greedy: see sampling.py
+            raise ValueError(f"temperature {temperature} is too small for a softmax draw")
         self._bias_ids = np.fromiter(logit_bias.keys(), dtype=np.int64, count=len(logit_bias))
         self._bias = np.fromiter(logit_bias.values(), dtype=np.float32, count=len(logit_bias))
         self._bias *= self._scale  # llama.cpp adds the bias before dividing by the temperature
@@ -44,6 +47,8 @@ class SoftmaxDraw:
         np.exp(weights, out=weights)
         block_sums = np.cumsum(self._weights.reshape(-1, _BLOCK).sum(axis=1, dtype=np.float64))
         total = block_sums[-1]
+        if not (np.isfinite(total) and total > 0.0):  # NaN or inf logits: no token to draw
+            raise FloatingPointError("the softmax over the logits is not finite")
         target = min(self._rng.random() * total, np.nextafter(total, 0.0))
         block = int(np.searchsorted(block_sums, target, side="right"))  # a block with weight
         if block:
