@@ -137,3 +137,24 @@ def test_rows_final_before_the_migration_are_numbered_oldest_first(tmp_path: Pat
         assert [(r[0], r[1]) for r in meter.exportable_rows(0, 10)] == [(1, "y"), (2, "x")]
         meter.finish("z", Usage(1, 0, 1), "ok").result()
         assert meter.export_state().last_seq == 3
+
+
+def test_a_later_table_rebuild_cannot_silently_stop_the_numbering(tmp_path: Path) -> None:
+    """A migration after m005 that rebuilds `requests` (SQLite drops a table's triggers with
+    it) gets the export triggers back in its own transaction."""
+    db = tmp_path / "m.db"
+    Meter(db).close()
+
+    @migrations(name="zz_test_rebuild")
+    def rebuild(database: Database) -> None:
+        database.execute("CREATE TABLE requests_new AS SELECT * FROM requests")
+        database.execute("DROP TABLE requests")
+        database.execute("ALTER TABLE requests_new RENAME TO requests")
+
+    try:
+        with Meter(db) as meter:
+            meter.open_request(start("r1")).result()
+            meter.finish("r1", Usage(1, 0, 1), "ok").result()
+            assert [r[:2] for r in meter.exportable_rows(0, 10)] == [(1, "r1")]
+    finally:
+        migrations._migrations.pop()  # only this test's database saw it
