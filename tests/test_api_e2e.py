@@ -10,7 +10,6 @@ import re
 import signal
 import sqlite3
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -23,20 +22,17 @@ import openai
 import pytest
 
 from node.meter import Meter
-from tests.api_fixtures import free_port, read_events_then_hang_up
+from tests.api_fixtures import read_events_then_hang_up
+from tests.node_process import (  # LLM_NODE: re-exported for tests/test_http_limits.py
+    CHAT_ID,
+    EMBED_ID,
+    LLM_NODE,
+    N_CTX_PER_SEQ,
+    cli,
+    start_server,
+)
 
-CHAT_ID = "smollm2-135m"
-EMBED_ID = "smollm2-135m-embed"
-N_CTX_PER_SEQ = 512
-LLM_NODE = str(Path(sys.executable).with_name("llm-node"))
-
-
-def cli(db: Path, *args: str) -> str:
-    done = subprocess.run(
-        [LLM_NODE, *args, "--db", str(db)], capture_output=True, text=True, timeout=60
-    )
-    assert done.returncode == 0, done.stderr
-    return done.stdout
+__all__ = ["LLM_NODE", "cli"]
 
 
 @dataclass
@@ -78,38 +74,6 @@ class Server:
         pattern = rf"^{re.escape(name)}{re.escape(labels)} (\S+)$"
         found = re.search(pattern, text, flags=re.MULTILINE)
         return float(found.group(1)) if found else 0.0
-
-
-def start_server(tmp: Path, db: Path) -> tuple[str, subprocess.Popen[bytes]]:
-    registry = tmp / "models.toml"
-    from node.config import embedded_model_path
-
-    gguf = embedded_model_path()
-    registry.write_text(
-        f'[[model]]\nid = "{CHAT_ID}"\npath = "{gguf}"\nn_ctx = {N_CTX_PER_SEQ * 4}\n'
-        f"parallel = 4\nn_threads = 1\n\n"
-        f'[[model]]\nid = "{EMBED_ID}"\npath = "{gguf}"\nn_ctx = 512\nparallel = 1\n'
-        f"embeddings = true\nn_threads = 1\n"
-    )
-    port = free_port()
-    log = open(tmp / "server.log", "ab")  # noqa: SIM115 - lives as long as the process
-    process = subprocess.Popen(
-        [LLM_NODE, "serve", "--port", str(port), "--models", str(registry), "--db", str(db),
-         "--gpu-type", "testgpu"],
-        stdout=log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        assert process.poll() is None, (tmp / "server.log").read_text()
-        try:
-            if httpx.get(f"{url}/health").status_code == 200:
-                return url, process
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    process.kill()
-    raise AssertionError("server did not become ready: " + (tmp / "server.log").read_text())
 
 
 @pytest.fixture(scope="module")

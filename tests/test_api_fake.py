@@ -284,12 +284,20 @@ def test_priced_usage_carries_exact_cost(node: Node) -> None:
         ({**CHAT, "temperature": "hot"}, "temperature", "invalid_value"),
         ({**CHAT, "temperature": 3}, "temperature", "invalid_value"),
         ({**CHAT, "max_tokens": 0}, "max_tokens", "invalid_value"),
-        ({**CHAT, "n": 2}, "n", "invalid_value"),
+        ({**CHAT, "n": 2}, "n", "unsupported_value"),
         ({**CHAT, "stream": "yes"}, "stream", "invalid_value"),
-        ({**CHAT, "stream_options": {"include_usage": True}}, "stream_options", "invalid_value"),
+        ({**CHAT, "stream_options": {"include_usage": 1}}, "stream_options.include_usage",
+         "invalid_value"),
         ({**CHAT, "logit_bias": {"abc": 1}}, "logit_bias", "invalid_value"),
+        ({**CHAT, "logit_bias": {"²": 1}}, "logit_bias", "invalid_value"),  # isdigit() is true
+        ({**CHAT, "logit_bias": {"٣": 1}}, "logit_bias", "invalid_value"),  # int() gives 3
+        ({**CHAT, "logit_bias": {"07": 1}}, "logit_bias", "invalid_value"),  # would alias "7"
+        ({**CHAT, "logit_bias": {"-1": 1}}, "logit_bias", "invalid_value"),
         ({**CHAT, "logit_bias": {"5": 101}}, "logit_bias", "invalid_value"),
-        ({**CHAT, "stop": [""]}, "stop", "invalid_value"),
+        ({**CHAT, "logit_bias": {"5": "1"}}, "logit_bias", "invalid_value"),
+        ({**CHAT, "stop": [""]}, "stop[0]", "invalid_value"),
+        ({**CHAT, "stop": ""}, "stop", "invalid_value"),
+        ({**CHAT, "stop": ["x"] * 17}, "stop", "invalid_value"),
         ({**CHAT, "response_format": {"type": "xml"}}, "response_format", "invalid_value"),
         (
             {**CHAT, "response_format": {"type": "json_schema"}},
@@ -303,8 +311,19 @@ def test_priced_usage_carries_exact_cost(node: Node) -> None:
         ),
         ({**CHAT, "messages": [{"role": "user", "content": 5}]}, "messages[0].content",
          "invalid_value"),
-        ({**CHAT, "messages": [{"role": "user"}]}, "messages[0]", "invalid_value"),
-        ({**CHAT, "logprobs": True}, "logprobs", "invalid_value"),
+        ({**CHAT, "messages": [{"role": "user"}]}, "messages[0].content",
+         "missing_required_parameter"),
+        ({**CHAT, "messages": [{"role": "tool", "content": "x"}]}, "messages[0].tool_call_id",
+         "missing_required_parameter"),
+        ({**CHAT, "messages": [{"content": "x"}]}, "messages[0].role", "invalid_value"),
+        ({**CHAT, "messages": [{"role": "user", "content": []}]}, "messages[0].content",
+         "invalid_value"),
+        ({**CHAT, "messages": [{"role": "user", "content": "x", "tool_calls": []}]},
+         "messages[0].tool_calls", "unknown_parameter"),
+        ({**CHAT, "messages": [{"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": "http://x/y.png"}}]}]},
+         "messages[0].content[0].type", "unsupported_value"),
+        ({**CHAT, "logprobs": True}, "logprobs", "unsupported_value"),
         ({**CHAT, "top_k": 2**40}, "top_k", "invalid_value"),
         ({**CHAT, "seed": 1.5}, "seed", "invalid_value"),
     ],
@@ -319,13 +338,84 @@ def test_bad_chat_bodies_are_400_naming_the_param(
 
 def test_parameters_the_model_refuses_are_400_before_any_meter_row(node: Node) -> None:
     resp = node.post("/v1/chat/completions", {**CHAT, "logit_bias": {"999999": 5}})
-    _assert_error(resp, 400, "invalid_request_error", "invalid_value")
+    _assert_error(resp, 400, "invalid_request_error", "invalid_value", "logit_bias")
     assert node.meter.request_row(resp.headers["x-request-id"]) is None
 
 
-def test_unknown_fields_are_ignored(node: Node) -> None:
-    resp = node.post("/v1/chat/completions", {**CHAT, "max_tokens": 1, "frobnicate": {"x": 1}})
-    assert resp.status_code == 200
+def test_unknown_fields_are_refused_naming_them(node: Node) -> None:
+    for path, body in [
+        ("/v1/chat/completions", {**CHAT, "frobnicate": {"x": 1}}),
+        ("/v1/completions", {"model": "fake", "prompt": "x", "frobnicate": 1}),
+        ("/v1/embeddings", {"model": "fake-embed", "input": "x", "frobnicate": 1}),
+    ]:
+        error = _assert_error(
+            node.post(path, body), 400, "invalid_request_error", "unknown_parameter", "frobnicate"
+        )
+        assert "frobnicate" in error["message"]
+    body = {**CHAT, "response_format": {"type": "json_object", "schema": {}}}
+    _assert_error(node.post("/v1/chat/completions", body), 400, "invalid_request_error",
+                  "unknown_parameter", "response_format.schema")  # fmt: skip
+
+
+# Fields that would change the answer but are not implemented: each is a 400 naming it, with the
+# value that changes nothing still accepted (clients that send defaults keep working).
+REFUSED_CHAT = [
+    ("n", 2, 1),
+    ("logprobs", True, False),
+    ("top_logprobs", 2, None),
+    ("audio", {"voice": "alloy", "format": "wav"}, None),
+    ("modalities", ["text", "audio"], ["text"]),
+    ("prediction", {"type": "content", "content": "x"}, None),
+    ("tools", [{"type": "function", "function": {"name": "f"}}], None),
+    ("tool_choice", "auto", None),
+    ("functions", [{"name": "f"}], None),
+    ("function_call", "auto", None),
+    ("parallel_tool_calls", True, None),
+    ("web_search_options", {}, None),
+    ("reasoning_effort", "high", None),
+    ("verbosity", "low", None),
+]
+REFUSED_COMPLETIONS = [
+    ("n", 3, 1),
+    ("best_of", 2, 1),
+    ("echo", True, False),
+    ("logprobs", 1, None),
+    ("suffix", "end", None),
+]
+
+
+@pytest.mark.parametrize(
+    ("path", "field", "bad", "noop"),
+    [("/v1/chat/completions", *case) for case in REFUSED_CHAT]
+    + [("/v1/completions", *case) for case in REFUSED_COMPLETIONS],
+)
+def test_unimplemented_fields_are_refused_naming_them(
+    node: Node, path: str, field: str, bad: object, noop: object
+) -> None:
+    base = CHAT if path == "/v1/chat/completions" else {"model": "fake", "prompt": "x"}
+    code = "unsupported_parameter" if noop is None else "unsupported_value"
+    resp = node.post(path, {**base, field: bad, "max_tokens": 1})
+    error = _assert_error(resp, 400, "invalid_request_error", code, field)
+    assert f"'{field}'" in error["message"] and "not supported" in error["message"]
+    assert node.meter.request_row(resp.headers["x-request-id"]) is None
+    assert node.post(path, {**base, field: noop, "max_tokens": 1}).status_code == 200
+
+
+def test_tuning_only_fields_are_accepted_and_change_nothing(node: Node) -> None:
+    from node.api.protocol import IGNORED
+
+    tuning = {
+        "store": True,
+        "metadata": {"team": "search"},
+        "service_tier": "flex",
+        "prompt_cache_key": "k1",
+        "safety_identifier": "u-1",
+    }
+    assert set(tuning) == set(IGNORED)
+    plain = node.post("/v1/chat/completions", {**CHAT, "max_tokens": 3}).json()
+    tuned = node.post("/v1/chat/completions", {**CHAT, "max_tokens": 3, **tuning,
+                      "stream_options": {"include_usage": True}}).json()  # fmt: skip
+    assert tuned["choices"] == plain["choices"] and tuned["usage"] == plain["usage"]
 
 
 def test_malformed_json_and_non_object_bodies(node: Node) -> None:
@@ -345,8 +435,9 @@ def test_bad_completion_and_embedding_bodies(node: Node) -> None:
     for body, param in [
         ({"model": "fake", "prompt": ["a", "b"]}, "prompt"),
         ({"model": "fake", "prompt": 5}, "prompt"),
-        ({"model": "fake", "prompt": "x", "echo": True}, "echo"),
-        ({"model": "fake", "prompt": "x", "best_of": 3}, "best_of"),
+        ({"model": "fake", "prompt": ""}, "prompt"),
+        ({"model": "fake", "prompt": [""]}, "prompt[0]"),
+        ({"model": "fake", "prompt": []}, "prompt"),
     ]:
         err = _assert_error(
             node.post("/v1/completions", body), 400, "invalid_request_error", "invalid_value",
@@ -355,7 +446,9 @@ def test_bad_completion_and_embedding_bodies(node: Node) -> None:
         assert param in err["message"]
     for body, param in [
         ({"model": "fake-embed", "input": []}, "input"),
-        ({"model": "fake-embed", "input": [1, 2]}, "input"),
+        ({"model": "fake-embed", "input": ""}, "input"),
+        ({"model": "fake-embed", "input": ["x", ""]}, "input[1]"),
+        ({"model": "fake-embed", "input": [1, 2]}, "input[0]"),
         ({"model": "fake-embed", "input": "x", "encoding_format": "hex"}, "encoding_format"),
         ({"model": "fake-embed", "input": "x", "dimensions": 2}, "dimensions"),
     ]:
@@ -365,7 +458,7 @@ def test_bad_completion_and_embedding_bodies(node: Node) -> None:
 
 
 def test_template_failure_is_400(node: Node) -> None:
-    body = {**CHAT, "messages": [{"role": "tool", "content": "x"}]}
+    body = {**CHAT, "messages": [{"role": "tool", "content": "x", "tool_call_id": "c1"}]}
     _assert_error(node.post("/v1/chat/completions", body), 400, "invalid_request_error", None,
                   "messages")  # fmt: skip
 
@@ -706,3 +799,42 @@ def test_loading_node_answers_503(tmp_path: Path) -> None:
     finally:
         pool.release()
         meter.close()
+
+
+def _walk(node: object) -> Iterator[dict]:
+    if isinstance(node, dict):
+        yield node
+        for value in node.values():
+            yield from _walk(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _walk(value)
+
+
+def test_openapi_states_the_validators_rules() -> None:
+    """The document is what the validators enforce: closed objects, JSON Schema keywords only
+    (a pydantic bound the schema cannot show would leak as `ge`), refused fields as consts."""
+    from node.api.openapi import openapi_document
+    from node.api.protocol import IGNORED, REQUEST_MODELS
+
+    schemas = openapi_document()["components"]["schemas"]
+    for name in REQUEST_MODELS:
+        for sub in _walk(schemas[name]):
+            assert not {"ge", "gt", "le", "lt"} & set(sub), (name, sub)
+    closed = [n for n, s in schemas.items() if s.get("type") == "object" and "properties" in s]
+    request_parts = [n for n in closed if n not in ("Error", "ChatCompletion", "TextCompletion",
+                     "EmbeddingList", "Model", "ModelList")]  # fmt: skip
+    assert {"ChatCompletionRequest", "UserMessage", "TextPart", "JsonSchema"} <= set(request_parts)
+    for name in request_parts:
+        assert schemas[name]["additionalProperties"] is False, name
+    chat = schemas["ChatCompletionRequest"]["properties"]
+    assert chat["tools"]["type"] == "null"
+    assert {"const": 1, "type": "integer"} in chat["n"]["anyOf"]
+    bias = chat["logit_bias"]["anyOf"][0]
+    assert bias["additionalProperties"] is False and list(bias["patternProperties"]) == [
+        "^(0|[1-9][0-9]{0,9})$"
+    ]
+    assert schemas["ToolMessage"]["required"] == ["role", "content", "tool_call_id"]
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    for name in IGNORED:
+        assert f"`{name}`" in readme, f"README must list the ignored field {name}"

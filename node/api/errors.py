@@ -14,6 +14,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from node.api.protocol import REQUEST_MODELS
 from node.engine.interface import ContextOverflow, EngineBusy
 from node.service import (
     AuthenticationFailed,
@@ -79,7 +80,9 @@ def context_overflow(exc: ContextOverflow, param: str | None) -> ApiError:
 def param_path(loc: tuple[int | str, ...]) -> str | None:
     """`("messages", 0, "content", "list[TextPart]", 0)` → `messages[0].content[0]`."""
     out = ""
-    for item in loc:
+    for i, item in enumerate(loc):
+        if loc[i + 1 : i + 2] == ("[key]",):
+            continue  # a bad dict key: the dict is the param (`logit_bias`), not the key
         if isinstance(item, int):
             out += f"[{item}]"
         elif item.isidentifier() and item not in _TYPE_TAGS:
@@ -88,17 +91,53 @@ def param_path(loc: tuple[int | str, ...]) -> str | None:
     return out or None
 
 
+def _only_value(model: str, loc: tuple[int | str, ...]) -> str | None:
+    """For a field the node does not implement, the one value it accepts (see protocol)."""
+    cls = REQUEST_MODELS.get(model)
+    if cls is None or not loc or not isinstance(loc[0], str):
+        return None
+    field = cls.model_fields.get(loc[0])
+    extra = field.json_schema_extra if field is not None else None
+    return extra.get("x-llm-node-only") if isinstance(extra, dict) else None  # type: ignore[return-value]
+
+
+def _is_content_part_type(loc: tuple[int | str, ...]) -> bool:
+    return len(loc) >= 4 and loc[-1] == "type" and loc[-3] == "<parts>"
+
+
 def from_validation(exc: ValidationError) -> ApiError:
     """The first problem pydantic found, as a 400 naming the parameter."""
     err = exc.errors(include_url=False)[0]
-    if err["type"] == "json_invalid":
+    kind, loc = err["type"], tuple(err["loc"])
+    if kind == "json_invalid":
         return invalid(f"We could not parse the JSON body of your request: {err['msg']}", None)
-    if err["type"] == "model_type" and not err["loc"]:
+    if kind == "model_type" and not loc:
         return invalid("The request body must be a JSON object.", None)
-    param = param_path(tuple(err["loc"]))
-    if err["type"] == "missing":
+    param = param_path(loc)
+    if kind == "invalid_role":
+        param = f"{param}.role"
+    if kind == "missing":
         return invalid(
             f"Missing required parameter: '{param}'.", param, "missing_required_parameter"
+        )
+    if kind == "extra_forbidden":
+        return invalid(
+            f"Unrecognized request argument supplied: '{param}'.", param, "unknown_parameter"
+        )
+    only = _only_value(exc.title, loc)
+    if only is not None:
+        param = str(loc[0])
+        if only == "null":
+            message = f"Unsupported parameter: '{param}' is not supported by this node."
+            return invalid(message, param, "unsupported_parameter")
+        message = f"Unsupported value: '{param}' is not supported by this node; only {only} is."
+        return invalid(message, param, "unsupported_value")
+    if kind == "literal_error" and _is_content_part_type(loc):
+        return invalid(
+            f"Unsupported content part type {err['input']!r} in '{param}': only 'text' parts "
+            "are supported.",
+            param,
+            "unsupported_value",
         )
     msg = str(err["msg"])
     if msg.startswith("Value error, "):

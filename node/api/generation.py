@@ -23,7 +23,13 @@ from starlette.responses import JSONResponse, Response
 from node.api.errors import ApiError, context_overflow, invalid, to_api_error
 from node.engine.interface import ContextOverflow, Finished, SamplingParams, TextDelta, TokenCounts
 from node.meter import Bill
-from node.service import Admission, MeteredGeneration, MeterUnavailable, NodeService
+from node.service import (
+    Admission,
+    MeteredGeneration,
+    MeterUnavailable,
+    NodeService,
+    RejectedByModel,
+)
 
 PING_S = 15
 log = logging.getLogger("node.api")
@@ -94,9 +100,32 @@ async def respond(
         generation = await service.generate(job.admission, engine, job.prompt_tokens, job.params)
     except ContextOverflow as exc:
         raise context_overflow(exc, job.prompt_param) from None
+    except RejectedByModel as exc:
+        raise _rejected(engine, job.params, exc) from None
     if job.stream:
         return EventSourceResponse(_stream(generation, job), ping=PING_S, sep="\n")
     return await _collect(request, generation, job)
+
+
+def _rejected(engine: Any, params: SamplingParams, exc: RejectedByModel) -> ApiError:
+    """The engine's refusal, naming the field it refused. Only on this error path: each part
+    the client set is validated alone until one fails."""
+    parts = (
+        ("logit_bias", SamplingParams(logit_bias=params.logit_bias) if params.logit_bias else None),
+        ("response_format", SamplingParams(grammar=params.grammar) if params.grammar else None),
+    )
+    param = None
+    for name, alone in parts:
+        if alone is None:
+            continue
+        try:
+            engine.validate(alone)
+        except ValueError:
+            param = name
+            break
+    return ApiError(
+        400, f"The model cannot run this request: {exc}", param=param, code="invalid_value"
+    )
 
 
 async def _stream(generation: MeteredGeneration, job: GenerationJob):  # type: ignore[no-untyped-def]

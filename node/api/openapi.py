@@ -10,7 +10,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from node import __version__
-from node.api.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
+from node.api.protocol import REQUEST_MODELS
+from node.api.response_schemas import RESPONSES
 
 _REF = "#/components/schemas/{model}"
 _ERROR = {
@@ -31,6 +32,11 @@ _ERROR = {
         }
     },
 }
+_EVENT = {
+    "type": "object",
+    "required": ["data"],
+    "properties": {"data": {"type": "string"}, "event": {"type": "string"}},
+}
 _ERRORS = {
     "400": "Invalid request (names the `param`), or `context_length_exceeded`",
     "401": "Missing, unknown, deleted or expired API key",
@@ -46,8 +52,22 @@ _USAGE_NOTE = (
 )
 
 
-def _operation(summary: str, body: str | None, ok: str, *, auth: bool = True) -> dict[str, Any]:
-    op: dict[str, Any] = {"summary": summary, "responses": {"200": {"description": ok}}}
+def _operation(
+    summary: str,
+    body: str | None,
+    ok: str,
+    *,
+    auth: bool = True,
+    answer: str | None = None,
+    stream: bool = False,
+) -> dict[str, Any]:
+    """`answer`: the schema of the 200 JSON body; `stream`: it may also be an SSE stream."""
+    success: dict[str, Any] = {"description": ok}
+    if answer is not None:
+        success["content"] = {"application/json": {"schema": {"$ref": _REF.format(model=answer)}}}
+    if stream:
+        success["content"]["text/event-stream"] = {"schema": _EVENT}  # 3.1: one event
+    op: dict[str, Any] = {"summary": summary, "responses": {"200": success}}
     if body is not None:
         op["requestBody"] = {
             "required": True,
@@ -65,11 +85,9 @@ def _operation(summary: str, body: str | None, ok: str, *, auth: bool = True) ->
 
 @cache
 def openapi_document() -> dict[str, Any]:
-    models = [
-        (m, "validation") for m in (ChatCompletionRequest, CompletionRequest, EmbeddingRequest)
-    ]
+    models = [(m, "validation") for m in REQUEST_MODELS.values()]
     _, defs = models_json_schema(models, ref_template=_REF)
-    schemas = {**defs.get("$defs", {}), "Error": _ERROR}
+    schemas = {**defs.get("$defs", {}), **RESPONSES, "Error": _ERROR}
     stream = " With `stream`, Server-Sent Events ending in `data: [DONE]`."
     return {
         "openapi": "3.1.0",
@@ -84,6 +102,8 @@ def openapi_document() -> dict[str, Any]:
                     "Chat completion",
                     "ChatCompletionRequest",
                     "A `chat.completion` object." + _USAGE_NOTE + stream,
+                    answer="ChatCompletion",
+                    stream=True,
                 )
             },
             "/v1/completions": {
@@ -91,15 +111,26 @@ def openapi_document() -> dict[str, Any]:
                     "Text completion",
                     "CompletionRequest",
                     "A `text_completion` object." + _USAGE_NOTE + stream,
+                    answer="TextCompletion",
+                    stream=True,
                 )
             },
             "/v1/embeddings": {
-                "post": _operation("Embeddings", "EmbeddingRequest", "A list of embeddings.")
+                "post": _operation(
+                    "Embeddings",
+                    "EmbeddingRequest",
+                    "A list of embeddings.",
+                    answer="EmbeddingList",
+                )
             },
-            "/v1/models": {"get": _operation("List models", None, "A list of model objects.")},
+            "/v1/models": {
+                "get": _operation(
+                    "List models", None, "A list of model objects.", answer="ModelList"
+                )
+            },
             "/v1/models/{model_id}": {
                 "get": {
-                    **_operation("One model", None, "A model object."),
+                    **_operation("One model", None, "A model object.", answer="Model"),
                     "parameters": [
                         {
                             "name": "model_id",
