@@ -8,6 +8,11 @@ commit: the catch-up a node does when PostgreSQL returns. Target: >= 5,000 rows/
 
 Without --fleet-db a throwaway PostgreSQL is started (tests/fleet_support.py: Debian's initdb,
 fsync off, as in the tests); with it, an empty database you own (tables are created).
+
+Serving with export on vs off (target >= 0.98x at 8 clients): start two nodes with copies of one
+meter (so one key works on both), one with --fleet-db, and compare them in one run:
+    bench/http_bench.py --node-url http://127.0.0.1:8002 --node-key KEY --clients 8 \
+        --peer export-off=http://127.0.0.1:8001 --peer-key KEY
 """
 
 from __future__ import annotations
