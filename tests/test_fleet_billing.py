@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -33,6 +34,14 @@ def fill(meter: Meter, clock: Clock, prefix: str) -> None:
     meter.recover_interrupted()
 
 
+def sums_only(report: dict[str, Any]) -> dict[str, Any]:
+    """A local report without what only the local meter knows (budgets, limits of keys)."""
+    rows = [
+        {k: v for k, v in row.items() if k not in ("budget", "limits")} for row in report["rows"]
+    ]
+    return {**report, "rows": rows}
+
+
 def test_fleet_reports_equal_the_local_ones(tmp_path: Path, fleet_url: str) -> None:
     clock = Clock()
     with Meter(tmp_path / "a.db", clock=clock) as meter:
@@ -41,9 +50,8 @@ def test_fleet_reports_equal_the_local_ones(tmp_path: Path, fleet_url: str) -> N
         with connect(fleet_url) as conn:
             for by in GROUPS:
                 for filters in (Filters(), Filters(org="acme"), Filters(since_us=clock.now - 1)):
-                    assert fleet_billing.status(conn, filters, by) == meter.billing_status(
-                        filters, by
-                    ), by
+                    local = sums_only(meter.billing_status(filters, by))
+                    assert fleet_billing.status(conn, filters, by) == local, by
             fleet_rows = fleet_billing.requests(conn, Filters(key_id="key_b"), 100)
             local_rows = meter.billing_requests(Filters(key_id="key_b"), 100)
             assert [{k: v for k, v in r.items() if k != "node_id"} for r in fleet_rows] == (
