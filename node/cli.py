@@ -7,7 +7,7 @@ import sys
 import click
 
 from node import __version__
-from node.commands import billing, keys, models, prices, serve
+from node.commands import billing, keys, models, orgs, prices, serve
 
 
 class _OneLineErrors(click.Group):
@@ -36,6 +36,7 @@ def cli() -> None:
 
 cli.add_command(serve.serve)
 cli.add_command(keys.api_keys)
+cli.add_command(orgs.orgs)
 cli.add_command(prices.prices)
 cli.add_command(billing.billing)
 cli.add_command(models.models)

@@ -17,6 +17,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
+from node.admission import Admitted, BudgetExceeded, Gate, RateLimited
 from node.config import ModelSpec
 from node.engine.interface import (
     ContextOverflow,
@@ -32,17 +33,20 @@ from node.engine.interface import (
     TokenCounts,
 )
 from node.meter import ApiKey, Bill, Meter, MeterUnavailable, Price, RequestStart, Usage
+from node.meter.limits import RateLimiter
 
 if TYPE_CHECKING:
     from node.gpu import GpuInfo
 
 __all__ = [
     "AuthenticationFailed",
+    "BudgetExceeded",
     "MeterUnavailable",
     "MeteredGeneration",
     "ModelNotFound",
     "NodeService",
     "NotReady",
+    "RateLimited",
     "RejectedByModel",
 ]
 
@@ -143,12 +147,15 @@ class NodeService:
         meter: Meter,
         gpu: GpuInfo,
         observer: UsageObserver,
+        limiter: RateLimiter | None = None,
     ) -> None:
+        """`limiter`: the per-key rate limits' live counts (tests pass one with their clock)."""
         self.specs = specs
         self.pool = pool
         self.meter = meter
         self.gpu = gpu
         self.observer = observer
+        self.gate = Gate(meter, limiter or RateLimiter())
         self.load_error: str | None = None
         self._load_task: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[object]] = set()
@@ -252,8 +259,9 @@ class NodeService:
     # -- metered work -----------------------------------------------------------------------
 
     async def _open(
-        self, admission: Admission, info: ModelInfo, prompt_tokens: int
-    ) -> Price | None:
+        self, admission: Admission, info: ModelInfo, prompt_tokens: int, max_completion: int
+    ) -> Admitted:
+        """Limits, budgets and the durable meter row (RateLimited, BudgetExceeded)."""
         start = RequestStart(
             id=admission.request_id,
             key_id=admission.key.id,
@@ -266,7 +274,11 @@ class NodeService:
             user=admission.user,
             prompt_tokens=prompt_tokens,  # a kill before the first checkpoint keeps the prompt
         )
-        return await _wait(self.meter.open_request(start))
+        return await self.gate.admit(start, admission.key.limits, prompt_tokens, max_completion)
+
+    def rate_headers(self, key: ApiKey) -> dict[str, str]:
+        """`x-ratelimit-*` for a key with limits; empty for one without."""
+        return self.gate.headers(key.id, key.limits)
 
     async def generate(
         self,
@@ -281,24 +293,28 @@ class NodeService:
             engine.validate(params)  # the client's mistakes are refused before a meter row exists
         except ValueError as exc:
             raise RejectedByModel(str(exc)) from exc
-        # MeterUnavailable: nothing generated
-        price = await self._open(admission, engine.info, len(prompt_tokens))
+        n_prompt = len(prompt_tokens)
+        # The most tokens it can use: the limit asked for, or the context left.
+        max_completion = params.max_tokens or max(0, engine.info.n_ctx_per_seq - n_prompt)
+        # MeterUnavailable, RateLimited, BudgetExceeded: nothing generated
+        admitted = await self._open(admission, engine.info, n_prompt, max_completion)
         try:
             generation = engine.submit(prompt_tokens, params)
         except BaseException as exc:
             # Admitted but never run: the row says so, with zero tokens.
+            admitted.settle(0)
             await self._finish_quietly(admission.request_id, TokenCounts(), "error")
             if isinstance(exc, ValueError) and not isinstance(exc, ContextOverflow):
                 raise RejectedByModel(str(exc)) from exc
             raise
-        return MeteredGeneration(self, admission, engine.info.id, generation, price)
+        return MeteredGeneration(self, admission, engine.info.id, generation, admitted)
 
     async def embed(
         self, admission: Admission, engine: EmbeddingEngine, texts: Sequence[str]
     ) -> tuple[Embeddings, Bill]:
         """Embeddings are metered like generation: prompt tokens only."""
         limit = engine.info.n_ctx_per_seq
-        n_prompt = 0
+        total = 0
         for text in texts:
             try:
                 n = len(engine.tokenize(text))
@@ -306,8 +322,8 @@ class NodeService:
                 raise RejectedByModel(str(exc)) from exc
             if n > limit:
                 raise ContextOverflow(n, limit)
-            n_prompt += n
-        await self._open(admission, engine.info, n_prompt)
+            total += n
+        admitted = await self._open(admission, engine.info, total, 0)
         began = time.perf_counter()
         self.observer.started(engine.info.id)
         status, counts = "error", TokenCounts()
@@ -315,6 +331,7 @@ class NodeService:
             result = await engine.embed(texts)
             status, counts = "ok", TokenCounts(prompt_tokens=result.prompt_tokens)
         finally:
+            admitted.settle(counts.prompt_tokens)
             bill_future = self.meter.finish(admission.request_id, _usage(counts), status)
             self.observer.finished(
                 model=engine.info.id,
@@ -362,13 +379,14 @@ class MeteredGeneration:
         admission: Admission,
         model: str,
         generation: Generation,
-        price: Price | None,
+        admitted: Admitted,
     ) -> None:
         self._service = service
         self._admission = admission
         self.model = model
         self._generation = generation
-        self.price = price
+        self._admitted = admitted
+        self.price = admitted.price
         self.bill: Bill | None = None
         self.finished: Finished | None = None
         # The engine's iterator is drained by its own task into a queue, so cancelling our
@@ -453,6 +471,7 @@ class MeteredGeneration:
 
     async def _finish(self, counts: TokenCounts, status: str) -> Bill:
         ad = self._admission
+        self._admitted.settle(counts.prompt_tokens + counts.completion_tokens)
         self._service.observer.finished(
             model=self.model,
             key_id=ad.key.id,

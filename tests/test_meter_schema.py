@@ -31,9 +31,10 @@ def test_fresh_database_is_wal_and_fully_migrated(tmp_path: Path) -> None:
         "m001_api_keys",
         "m002_prices",
         "m003_requests",
+        "m004_controls",
         "m005_export_seq",
     ]
-    assert {"api_keys", "prices", "requests"} <= tables
+    assert {"api_keys", "prices", "requests", "orgs"} <= tables
 
 
 def test_concurrent_first_opens_migrate_once(tmp_path: Path) -> None:

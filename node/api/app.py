@@ -11,18 +11,22 @@ from starlette.exceptions import HTTPException
 from starlette.routing import Route
 from starlette.types import ASGIApp
 
-from node.api import chat, completions, embeddings, health, metrics, models, openapi
+from node.api import admin, chat, completions, embeddings, health, metrics, models, openapi
+from node.api.auth import AuthMiddleware
 from node.api.context import RequestContext
 from node.api.errors import ApiError, handle_api_error, handle_http_exception
 from node.api.metrics import NodeMetrics
+from node.api.quota import handle_quota_error
 from node.engine.interface import ContextOverflow, EngineBusy
 from node.fleet.status import ExportStatus
 from node.service import (
     AuthenticationFailed,
+    BudgetExceeded,
     MeterUnavailable,
     ModelNotFound,
     NodeService,
     NotReady,
+    RateLimited,
     RejectedByModel,
 )
 
@@ -37,6 +41,7 @@ ROUTES = [
     Route("/health", health.health, methods=["GET"]),
     Route("/metrics", metrics.metrics, methods=["GET"]),
     Route("/openapi.json", openapi.openapi, methods=["GET"]),
+    *admin.ROUTES,
 ]
 
 # Client-caused errors are answered by Starlette's exception middleware; everything else is a bug
@@ -77,6 +82,8 @@ def create_app(
         routes=ROUTES,
         exception_handlers={
             **handlers,
+            RateLimited: handle_quota_error,
+            BudgetExceeded: handle_quota_error,
             HTTPException: handle_http_exception,
             Exception: handle_api_error,
         },
@@ -88,4 +95,5 @@ def create_app(
     app.state.fleet = fleet
     if fleet is not None:
         node_metrics.watch_export(fleet)
-    return RequestContext(app, max_body_bytes=max_body_bytes)
+    auth = AuthMiddleware(app, service, ROUTES)
+    return RequestContext(auth, max_body_bytes=max_body_bytes)

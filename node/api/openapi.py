@@ -10,6 +10,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from node import __version__
+from node.api.admin_openapi import admin_paths, admin_schemas
 from node.api.protocol import REQUEST_MODELS
 from node.api.response_schemas import RESPONSES
 
@@ -42,7 +43,8 @@ _ERRORS = {
     "401": "Missing, unknown, deleted or expired API key",
     "404": "`model_not_found`",
     "413": "Request body over the limit",
-    "429": "The model's queue is full; see `Retry-After`",
+    "429": "The model's queue is full, or a key's rate limit (`rate_limit_exceeded`) or budget"
+    " (`insufficient_quota`) is reached; see `Retry-After`",
     "503": "Models loading, or the meter cannot record",
 }
 _USAGE_NOTE = (
@@ -85,7 +87,7 @@ def _operation(
 
 @cache
 def openapi_document() -> dict[str, Any]:
-    models = [(m, "validation") for m in REQUEST_MODELS.values()]
+    models = [(m, "validation") for m in (*REQUEST_MODELS.values(), *admin_schemas())]
     _, defs = models_json_schema(models, ref_template=_REF)
     schemas = {**defs.get("$defs", {}), **RESPONSES, "Error": _ERROR}
     stream = " With `stream`, Server-Sent Events ending in `data: [DONE]`."
@@ -151,6 +153,7 @@ def openapi_document() -> dict[str, Any]:
                 }
             },
             "/metrics": {"get": _operation("Prometheus metrics", None, "text/plain", auth=False)},
+            **admin_paths(),
         },
     }
 

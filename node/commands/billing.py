@@ -10,6 +10,7 @@ from typing import Any
 import click
 
 from node.commands.fleet_access import open_fleet
+from node.commands.keys import budget_cells
 from node.commands.meter_access import Moment, check_range, open_meter
 from node.commands.options import db_option, echo_json, echo_table, fleet_db_option, json_option
 from node.fleet import billing as fleet_billing
@@ -112,9 +113,14 @@ def _print_status(report: dict[str, Any], group: str) -> None:
             "no price" if sums["no_price"] else "",
         ]
 
+    headers = [group, "requests", "prompt", "cached", "completion", "cost", "note"]
     rows = [line(r[group] if r[group] is not None else "-", r) for r in report["rows"]]
-    rows.append(line("TOTAL", report["total"]))
-    echo_table([group, "requests", "prompt", "cached", "completion", "cost", "note"], rows)
+    if any(r.get("budget") for r in report["rows"]):  # grouped by key or org, with budgets
+        headers += ["budget", "spent in period", "remaining"]
+        for row, data in zip(rows, report["rows"], strict=True):
+            row += budget_cells(data.get("budget"))
+    rows.append(line("TOTAL", report["total"]) + [None] * (len(headers) - 7))
+    echo_table(headers, rows)
 
 
 @billing.command()

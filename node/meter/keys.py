@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from node.meter.budgets import Budget, budget_of, track
+from node.meter.money import exact_text
 from node.meter.times import US_PER_DAY, US_PER_SECOND, to_datetime
 
 SECRET_PREFIX = "llmn_"
@@ -21,7 +23,35 @@ KEY_ID_PREFIX = "key_"
 LEVELS = ("LLM", "ADMIN")
 MAX_DAYS = 36_500  # expiry at most ~100 years ahead
 
-_COLUMNS = "id, secret_sha256, level, comment, org, created, expires, last_used"
+_COLUMNS = (
+    "id, secret_sha256, level, comment, org, created, expires, last_used,"
+    " rpm, tpm, max_parallel, budget_micro, budget_period"
+)
+MAX_LIMIT = 10**12  # rpm, tpm and max parallel: positive integers up to this
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Per-key rate limits; None: unlimited."""
+
+    rpm: int | None = None
+    tpm: int | None = None
+    max_parallel: int | None = None
+
+    def __bool__(self) -> bool:
+        return any(v is not None for v in (self.rpm, self.tpm, self.max_parallel))
+
+    def to_json(self) -> dict[str, int | None]:
+        return {"rpm": self.rpm, "tpm": self.tpm, "max_parallel": self.max_parallel}
+
+
+def check_limit(name: str, value: object) -> int | None:
+    """A limit as given (None: unlimited); ValueError naming it otherwise."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= MAX_LIMIT:
+        raise ValueError(f"{name} {value!r} is not a whole number from 1 to {MAX_LIMIT}")
+    return value
 
 
 @dataclass(frozen=True)
@@ -33,8 +63,11 @@ class ApiKey:
     created: datetime
     expires: datetime | None
     last_used: datetime | None
+    limits: Limits = Limits()
+    budget: Budget | None = None
 
     def to_json(self) -> dict[str, Any]:
+        """The key's fields; `budget` without spending (see `Meter.key_json`)."""
         return {
             "id": self.id,
             "level": self.level,
@@ -43,6 +76,10 @@ class ApiKey:
             "created": _iso(self.created),
             "expires": _iso(self.expires),
             "last_used": _iso(self.last_used),
+            **self.limits.to_json(),
+            "budget": None
+            if self.budget is None
+            else {"amount": exact_text(self.budget.amount), "period": self.budget.period},
         }
 
 
@@ -62,22 +99,39 @@ def create(
     org: str | None,
     expires_in_days: float | None,
     now_us: int,
+    limits: Limits | None = None,
+    budget: Budget | None = None,
 ) -> tuple[ApiKey, str]:
     """Insert a new key; returns it with its secret (the only time the secret exists)."""
     if level not in LEVELS:
         raise ValueError(f"level {level!r} is not one of {', '.join(LEVELS)}")
-    if expires_in_days is not None and not 0 < expires_in_days <= MAX_DAYS:  # False for NaN
-        raise ValueError(f"expires-in {expires_in_days!r} days is not in (0, {MAX_DAYS}]")
     created = now_us - now_us % US_PER_SECOND  # whole seconds: expiry lands on an exact second
-    expires = None if expires_in_days is None else created + round(expires_in_days * US_PER_DAY)
+    expires = _expiry(expires_in_days, created)
+    limits = limits or Limits()
+    _check_limits(limits)
     while True:
         key_id = KEY_ID_PREFIX + secrets.token_hex(6)
         secret = SECRET_PREFIX + secrets.token_urlsafe(32)
-        row = (key_id, hash_secret(secret), level, comment, org, created, expires, None)
+        row = (
+            key_id,
+            hash_secret(secret),
+            level,
+            comment,
+            org,
+            created,
+            expires,
+            None,
+            limits.rpm,
+            limits.tpm,
+            limits.max_parallel,
+            None if budget is None else budget.amount_micro,
+            None if budget is None else budget.period,
+        )
         try:
-            conn.execute(f"INSERT INTO api_keys ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", row)
+            conn.execute(f"INSERT INTO api_keys ({_COLUMNS}) VALUES ({', '.join('?' * 13)})", row)
         except sqlite3.IntegrityError:
             continue  # an id collision (48 random bits): draw again
+        track(conn, "key", key_id, budget is not None)
         return _key(row), secret
 
 
@@ -97,13 +151,66 @@ def verify(conn: sqlite3.Connection, secret: str, *, now_us: int) -> ApiKey | No
     return _key(row)
 
 
+def _expiry(expires_in_days: float | None, from_us: int) -> int | None:
+    if expires_in_days is None:
+        return None
+    if not 0 < expires_in_days <= MAX_DAYS:  # False for NaN
+        raise ValueError(f"expires-in {expires_in_days!r} days is not in (0, {MAX_DAYS}]")
+    return from_us + round(expires_in_days * US_PER_DAY)
+
+
+def _check_limits(limits: Limits) -> None:
+    for name, value in limits.to_json().items():
+        check_limit(name, value)
+
+
+# Fields `update` may change; a field absent from the changes keeps its value, None clears it.
+UPDATABLE = ("comment", "org", "expires_in_days", "rpm", "tpm", "max_parallel", "budget")
+
+
+def update(
+    conn: sqlite3.Connection, key_id: str, changes: dict[str, Any], *, now_us: int
+) -> ApiKey | None:
+    """Change a key's limits, budget, comment, org or expiry (counted from now); None: no key."""
+    unknown = set(changes) - set(UPDATABLE)
+    if unknown:
+        raise ValueError(f"cannot change {', '.join(sorted(unknown))} of a key")
+    sets: dict[str, Any] = {}
+    for name in ("comment", "org"):
+        if name in changes:
+            sets[name] = changes[name]
+    for name in ("rpm", "tpm", "max_parallel"):
+        if name in changes:
+            sets[name] = check_limit(name, changes[name])
+    if "expires_in_days" in changes:
+        sets["expires"] = _expiry(changes["expires_in_days"], now_us - now_us % US_PER_SECOND)
+    if "budget" in changes:
+        budget: Budget | None = changes["budget"]
+        sets["budget_micro"] = None if budget is None else budget.amount_micro
+        sets["budget_period"] = None if budget is None else budget.period
+    if sets:
+        assignments = ", ".join(f"{column} = ?" for column in sets)
+        cursor = conn.execute(
+            f"UPDATE api_keys SET {assignments} WHERE id = ?", [*sets.values(), key_id]
+        )
+        if cursor.rowcount and "budget" in changes:
+            track(conn, "key", key_id, changes["budget"] is not None)
+    return get(conn, key_id)
+
+
+def get(conn: sqlite3.Connection, key_id: str) -> ApiKey | None:
+    row = conn.execute(f"SELECT {_COLUMNS} FROM api_keys WHERE id = ?", (key_id,)).fetchone()
+    return None if row is None else _key(row)
+
+
 def list_all(conn: sqlite3.Connection) -> list[ApiKey]:
     rows = conn.execute(f"SELECT {_COLUMNS} FROM api_keys ORDER BY created, id").fetchall()
     return [_key(row) for row in rows]
 
 
 def delete(conn: sqlite3.Connection, key_id: str) -> bool:
-    """Remove a key; False when there is no such key."""
+    """Remove a key (and its budget's running totals); False when there is no such key."""
+    track(conn, "key", key_id, False)
     return conn.execute("DELETE FROM api_keys WHERE id = ?", (key_id,)).rowcount > 0
 
 
@@ -116,7 +223,8 @@ def touch(conn: sqlite3.Connection, last_used: dict[str, int]) -> None:
 
 
 def _key(row: tuple[Any, ...]) -> ApiKey:
-    key_id, _digest, level, comment, org, created, expires, last_used = row
+    (key_id, _digest, level, comment, org, created, expires, last_used) = row[:8]
+    rpm, tpm, max_parallel, budget_micro, budget_period = row[8:]
     return ApiKey(
         id=key_id,
         level=level,
@@ -125,4 +233,6 @@ def _key(row: tuple[Any, ...]) -> ApiKey:
         created=to_datetime(created),
         expires=None if expires is None else to_datetime(expires),
         last_used=None if last_used is None else to_datetime(last_used),
+        limits=Limits(rpm, tpm, max_parallel),
+        budget=budget_of(budget_micro, budget_period),
     )

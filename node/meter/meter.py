@@ -18,17 +18,18 @@ from concurrent.futures import Future
 from decimal import Decimal
 from typing import Any, TypeVar
 
-from node.meter import billing, export, keys, prices, usage
+from node.meter import billing, budgets, export, keys, prices, usage
 from node.meter.billing import Filters
+from node.meter.budgets import Budget
 from node.meter.checkpointer import Checkpointer
 from node.meter.db import MeterUnavailable, Readers, connect, migrate
 from node.meter.dbfile import FileGuard, create_private
 from node.meter.export import ExportState
-from node.meter.keys import ApiKey
+from node.meter.keys import ApiKey, Limits
 from node.meter.money import parse_currency, parse_price
 from node.meter.prices import Price, PricePeriod
 from node.meter.times import US_PER_SECOND, now_us
-from node.meter.usage import Bill, RequestStart, Usage
+from node.meter.usage import Bill, Opened, RequestStart, Usage
 from node.meter.writer import Writer
 
 T = TypeVar("T")
@@ -118,7 +119,22 @@ class Meter:
 
     def open_request(self, start: RequestStart) -> Future[Price | None]:
         """Durable row (status running) with the prices in force; the price it is billed at."""
-        return self._writer.submit(lambda c: usage.open_request(c, start, now_us=self._clock()))
+        return self._writer.submit(
+            lambda c: usage.open_request(c, start, now_us=self._clock()).price
+        )
+
+    def reject(self, start: RequestStart) -> Future[Opened]:
+        """The `rejected` row (0 tokens) of a request a rate limit refused."""
+        return self._writer.submit(
+            lambda c: usage.open_request(c, start, now_us=self._clock(), refused=True)
+        )
+
+    def admit(self, start: RequestStart, ceiling: Usage) -> Future[Opened]:
+        """`open_request` that reserves the request's maximum cost (`ceiling` tokens) against
+        the key's and org's budgets; a refused request gets a `rejected` row, 0 tokens."""
+        return self._writer.submit(
+            lambda c: usage.open_request(c, start, now_us=self._clock(), ceiling=ceiling)
+        )
 
     def checkpoint(self, request_id: str, usage_so_far: Usage) -> Future[None]:
         return self._writer.submit(
@@ -143,6 +159,8 @@ class Meter:
         comment: str | None = None,
         org: str | None = None,
         expires_in_days: float | None = None,
+        limits: Limits | None = None,
+        budget: Budget | None = None,
     ) -> tuple[ApiKey, str]:
         """A new key and its secret: the only time the secret is ever seen."""
         return self._wait(
@@ -154,12 +172,50 @@ class Meter:
                     org=org,
                     expires_in_days=expires_in_days,
                     now_us=self._clock(),
+                    limits=limits or Limits(),
+                    budget=budget,
                 )
             )
         )
 
+    def update_key(self, key_id: str, changes: dict[str, Any]) -> ApiKey | None:
+        """Change fields of `keys.UPDATABLE` (None clears); None when there is no such key."""
+        return self._wait(
+            self._writer.submit(lambda c: keys.update(c, key_id, changes, now_us=self._clock()))
+        )
+
+    def get_key(self, key_id: str) -> ApiKey | None:
+        return self._read(lambda c: keys.get(c, key_id))
+
     def list_keys(self) -> list[ApiKey]:
         return self._read(keys.list_all)
+
+    def key_json(self, key: ApiKey) -> dict[str, Any]:
+        """`key.to_json()` with the budget's spending in the current period."""
+        data = key.to_json()
+        if key.budget is not None:
+            budget, now = key.budget, self._clock()
+            data["budget"] = self._read(lambda c: budgets.status(c, "key", key.id, budget, now))
+        return data
+
+    # --- orgs -------------------------------------------------------------------------------
+
+    def set_org(
+        self, name: str, budget: Budget | None, *, keep_budget: bool = False
+    ) -> dict[str, Any]:
+        """Record an org and set its budget (None: none); `keep_budget` only records it."""
+        self._wait(
+            self._writer.submit(lambda c: budgets.set_org(c, name, budget, keep=keep_budget))
+        )
+        return self.org_json(name)
+
+    def org_json(self, name: str) -> dict[str, Any]:
+        now = self._clock()
+        return self._read(lambda c: budgets.org_json(c, name, now))
+
+    def list_orgs(self) -> list[dict[str, Any]]:
+        now = self._clock()
+        return self._read(lambda c: budgets.list_orgs(c, now))
 
     def delete_key(self, key_id: str) -> bool:
         return self._wait(self._writer.submit(lambda c: keys.delete(c, key_id)))
@@ -203,7 +259,19 @@ class Meter:
     # --- billing ----------------------------------------------------------------------------
 
     def billing_status(self, filters: Filters | None = None, by: str = "key") -> dict[str, Any]:
-        return self._read(lambda c: billing.status(c, filters or Filters(), by))
+        """`billing.status`; grouped by key or org, each row with a budget also carries
+        `budget` (amount, period, spent in the current period, remaining) and key rows their
+        `limits`."""
+        now = self._clock()
+
+        def report(conn: sqlite3.Connection) -> dict[str, Any]:
+            data = billing.status(conn, filters or Filters(), by)
+            if by in ("key", "org"):
+                for row in data["rows"]:
+                    budgets.annotate(conn, by, row, now)
+            return data
+
+        return self._read(report)
 
     def billing_requests(
         self, filters: Filters | None = None, limit: int = 100

@@ -119,6 +119,62 @@ def m003_requests(db: Database) -> None:
 
 
 @migrations()
+def m004_controls(db: Database) -> None:
+    """Limits and budgets of keys and orgs; reservations and `rejected` rows in requests.
+
+    The requests table is rebuilt from its own stored SQL (so columns another migration added
+    survive) to let its status CHECK accept `rejected`; SQLite cannot alter a CHECK in place.
+    """
+    for column in ("rpm", "tpm", "max_parallel", "budget_micro"):
+        db.execute(f"ALTER TABLE api_keys ADD COLUMN {column} INTEGER")
+    db.execute("ALTER TABLE api_keys ADD COLUMN budget_period TEXT")
+    db.execute(
+        """
+        CREATE TABLE orgs (
+            name TEXT PRIMARY KEY,
+            budget_micro INTEGER,                 -- 10^-6 currency; NULL: no budget
+            budget_period TEXT
+        ) STRICT
+        """
+    )
+    (sql,) = db.execute("SELECT sql FROM sqlite_master WHERE name = 'requests'").fetchone()
+    old_check = "'error', 'interrupted')"
+    if old_check not in sql:
+        raise RuntimeError("unexpected requests table definition; cannot add 'rejected'")
+    sql = sql.replace(old_check, "'error', 'interrupted', 'rejected')", 1)
+    sql = sql.replace("CREATE TABLE requests", "CREATE TABLE requests_new", 1)
+    indexes = [
+        row[0]
+        for row in db.execute(
+            "SELECT sql FROM sqlite_master WHERE type = 'index' AND tbl_name = 'requests'"
+            " AND sql IS NOT NULL"
+        ).fetchall()
+    ]
+    db.execute(sql)
+    db.execute("INSERT INTO requests_new SELECT * FROM requests")
+    db.execute("DROP TABLE requests")
+    db.execute("ALTER TABLE requests_new RENAME TO requests")
+    for index_sql in indexes:
+        db.execute(index_sql)
+    # The maximum cost held for a running request by budgets; 0 once it is finished.
+    db.execute("ALTER TABLE requests ADD COLUMN reserved_units INTEGER NOT NULL DEFAULT 0")
+    db.execute("CREATE INDEX requests_org ON requests (org, started)")
+    # Running totals of the keys and orgs with a budget (see `spend.py`), in cost units.
+    db.execute(
+        """
+        CREATE TABLE budget_spend (
+            scope TEXT NOT NULL CHECK (scope IN ('key', 'org')),
+            name TEXT NOT NULL,
+            day INTEGER NOT NULL,                 -- 1 + days since the epoch; 0: all time
+            settled INTEGER NOT NULL,             -- cost of finished rows
+            reserved INTEGER NOT NULL,            -- maximum cost held by running rows
+            PRIMARY KEY (scope, name, day)
+        ) STRICT, WITHOUT ROWID
+        """
+    )
+
+
+@migrations()
 def m005_export_seq(db: Database) -> None:
     """Fleet export: a monotonic `seq` on every final row, the export watermark, the node id.
 

@@ -10,11 +10,12 @@ import sqlite3
 from dataclasses import dataclass
 from decimal import Decimal
 
-from node.meter import prices
-from node.meter.money import cost_from_units
+from node.meter import budgets, prices, spend
+from node.meter.budgets import Budget
+from node.meter.money import cost_from_units, cost_units
 
 FINAL_STATUSES = ("ok", "cancelled", "error")
-STATUSES = ("running", *FINAL_STATUSES, "interrupted")
+STATUSES = ("running", *FINAL_STATUSES, "interrupted", "rejected")
 
 
 class UnknownRequest(LookupError):
@@ -55,10 +56,29 @@ class Bill:
     priced: bool  # False: no price applied, cost 0
 
 
+@dataclass(frozen=True)
+class Opened:
+    """The outcome of admission: the price billed, or the budget that refused the request."""
+
+    price: prices.Price | None
+    refusal: budgets.Refusal | None = None
+
+
 def open_request(
-    conn: sqlite3.Connection, start: RequestStart, *, now_us: int
-) -> prices.Price | None:
-    """Insert the row (status running) with the prices in force now; idempotent by id."""
+    conn: sqlite3.Connection,
+    start: RequestStart,
+    *,
+    now_us: int,
+    ceiling: Usage | None = None,
+    refused: bool = False,
+) -> Opened:
+    """Insert the row (status running) with the prices in force now; idempotent by id.
+
+    With a `ceiling` (the most tokens the request can use), its maximum cost is reserved and
+    checked against the key's and the org's budgets in this same write transaction; a request
+    that could overrun one gets a `rejected` row with 0 tokens instead. `refused`: a rate
+    limit refused it already; only its `rejected` row is written.
+    """
     if not start.id:
         raise ValueError("request id is empty")
     _check_counts(Usage(start.prompt_tokens, start.cached_tokens, 0))
@@ -70,16 +90,28 @@ def open_request(
     if existing is not None:
         model, gpu_type, prompt_micro, completion_micro, currency = existing
         if prompt_micro is None:
-            return None
-        return prices.to_price(
-            model, gpu_type, prices.PriceMicro(prompt_micro, completion_micro, currency)
+            return Opened(None)
+        return Opened(
+            prices.to_price(
+                model, gpu_type, prices.PriceMicro(prompt_micro, completion_micro, currency)
+            )
         )
     price = prices.current_micro(conn, start.model, start.gpu_type)
+    reserved = 0
+    refusal = None
+    if price is not None and ceiling is not None and not refused:
+        _check_counts(ceiling)
+        reserved = cost_units(
+            ceiling.prompt_tokens, ceiling.completion_tokens, price.prompt, price.completion
+        )
+        refusal = budgets.check(conn, _budgets(conn, start), reserved, now_us)
+    status = "rejected" if refused or refusal is not None else "running"
+    running = status == "running"
     conn.execute(
         "INSERT INTO requests (id, key_id, org, endpoint, model, quant_type, gpu_type, gpu_name,"
         " started, prompt_price_micro, completion_price_micro, currency, user, prompt_tokens,"
-        " cached_tokens, cost_units, status)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'running')",
+        " cached_tokens, cost_units, status, reserved_units, finished)"
+        f" VALUES ({', '.join('?' * 19)})",
         (
             start.id,
             start.key_id,
@@ -94,12 +126,35 @@ def open_request(
             None if price is None else price.completion,
             None if price is None else price.currency,
             start.user,
-            start.prompt_tokens,
-            start.cached_tokens,
-            0 if price is None else start.prompt_tokens * price.prompt,  # billed if interrupted
+            0 if not running else start.prompt_tokens,  # a refused request counts nothing
+            0 if not running else start.cached_tokens,
+            # billed if interrupted
+            0 if price is None or not running else start.prompt_tokens * price.prompt,
+            status,
+            reserved if running else 0,
+            None if running else now_us,
         ),
     )
-    return None if price is None else prices.to_price(start.model, start.gpu_type, price)
+    if running and reserved:
+        spend.add(conn, "key", start.key_id, now_us, reserved=reserved)
+        spend.add(conn, "org", start.org, now_us, reserved=reserved)
+    billed = None if price is None else prices.to_price(start.model, start.gpu_type, price)
+    return Opened(billed, refusal)
+
+
+def _budgets(conn: sqlite3.Connection, start: RequestStart) -> list[tuple[str, str, Budget]]:
+    """The budgets a request of this key and org counts against, read in the transaction."""
+    found: list[tuple[str, str, Budget]] = []
+    row = conn.execute(
+        "SELECT budget_micro, budget_period FROM api_keys WHERE id = ?", (start.key_id,)
+    ).fetchone()
+    key_budget = None if row is None else budgets.budget_of(*row)
+    if key_budget is not None:
+        found.append(("key", start.key_id, key_budget))
+    org_budget = None if start.org is None else budgets.org_budget(conn, start.org)
+    if org_budget is not None and start.org is not None:
+        found.append(("org", start.org, org_budget))
+    return found
 
 
 def checkpoint(conn: sqlite3.Connection, request_id: str, usage: Usage, *, now_us: int) -> None:
@@ -121,9 +176,15 @@ def finish(
     if status not in FINAL_STATUSES:
         raise ValueError(f"status {status!r} is not one of {', '.join(FINAL_STATUSES)}")
     _check_counts(usage)
+    before = conn.execute(
+        "SELECT key_id, org, started, reserved_units FROM requests"
+        " WHERE id = ? AND status = 'running'",
+        (request_id,),
+    ).fetchone()
     conn.execute(
         "UPDATE requests SET prompt_tokens = ?, cached_tokens = ?, completion_tokens = ?,"
-        f" cost_units = {_COST_SQL}, finished = ?, status = ? WHERE id = ? AND status = 'running'",
+        f" cost_units = {_COST_SQL}, reserved_units = 0, finished = ?, status = ?"
+        " WHERE id = ? AND status = 'running'",
         (*_counts(usage), usage.prompt_tokens, usage.completion_tokens, now_us, status, request_id),
     )
     row = conn.execute(
@@ -133,14 +194,30 @@ def finish(
     if row is None:
         raise UnknownRequest(f"no meter row for request {request_id!r}")
     units, currency, priced = row
+    if before is not None:
+        _settle(conn, *before, units)
     return Bill(cost=cost_from_units(units), currency=currency, priced=bool(priced))
+
+
+def _settle(
+    conn: sqlite3.Connection, key_id: str, org: str | None, started: int, reserved: int, cost: int
+) -> None:
+    """A row's reservation becomes its real cost in the budgets' running totals."""
+    for scope, name in (("key", key_id), ("org", org)):
+        spend.add(conn, scope, name, started, settled=cost, reserved=-reserved)
 
 
 def recover(conn: sqlite3.Connection) -> int:
     """Rows still running (their process died) become interrupted at their last checkpoint."""
-    return conn.execute(
-        "UPDATE requests SET status = 'interrupted', finished = coalesce(checkpointed, started)"
+    running = conn.execute(
+        "SELECT key_id, org, started, reserved_units, cost_units FROM requests"
         " WHERE status = 'running'"
+    ).fetchall()
+    for row in running:
+        _settle(conn, *row)
+    return conn.execute(
+        "UPDATE requests SET status = 'interrupted', finished = coalesce(checkpointed, started),"
+        " reserved_units = 0 WHERE status = 'running'"
     ).rowcount
 
 
