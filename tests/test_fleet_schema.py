@@ -158,3 +158,12 @@ def test_a_later_table_rebuild_cannot_silently_stop_the_numbering(tmp_path: Path
             assert [r[:2] for r in meter.exportable_rows(0, 10)] == [(1, "r1")]
     finally:
         migrations._migrations.pop()  # only this test's database saw it
+
+
+def test_a_row_inserted_final_gets_its_seq_too(tmp_path: Path) -> None:
+    """A request a rate limit refused is written `rejected` at once, never `running`."""
+    with Meter(tmp_path / "m.db") as meter:
+        meter.reject(start("refused", prompt_tokens=4)).result()
+        assert [(r[0], r[1], r[9]) for r in meter.exportable_rows(0, 10)] == [
+            (1, "refused", "rejected")
+        ]
