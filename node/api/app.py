@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from pydantic import ValidationError
 from starlette.applications import Starlette
@@ -19,6 +19,7 @@ from node.api.metrics import NodeMetrics
 from node.api.openai import ROUTES as OPENAI_ROUTES
 from node.api.quota import handle_quota_error
 from node.errors import NodeError
+from node.fleet.status import ExportStatus
 from node.service import BudgetExceeded, NodeService, RateLimited
 
 DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
@@ -42,8 +43,10 @@ def create_app(
     node_metrics: NodeMetrics,
     *,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    fleet: Callable[[], ExportStatus] | None = None,
 ) -> ASGIApp:
-    """`service.observer` should be `node_metrics` so `/metrics` sees every request."""
+    """`service.observer` should be `node_metrics` so `/metrics` sees every request.
+    `fleet`: in fleet mode, the exporter's status for /metrics and /health."""
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
@@ -68,5 +71,8 @@ def create_app(
     app.state.service = service
     app.state.metrics = node_metrics
     node_metrics.count_decodes(service.decode_calls)
+    app.state.fleet = fleet
+    if fleet is not None:
+        node_metrics.watch_export(fleet)
     auth = AuthMiddleware(app, service, ROUTES)
     return RequestContext(auth, max_body_bytes=max_body_bytes)

@@ -14,13 +14,14 @@ import threading
 from collections.abc import Callable, Iterator
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector
 from starlette.requests import Request
 from starlette.responses import Response
 
 from node.engine.interface import TokenCounts
+from node.fleet.status import ExportStatus
 
 _LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 
@@ -98,6 +99,10 @@ class NodeMetrics:
         self._prompt = [0, 0.0]
         self._predicted = [0, 0.0]
 
+    def watch_export(self, source: Callable[[], ExportStatus]) -> None:
+        """Fleet mode: the export's lag, last success and failures, read at every scrape."""
+        self.registry.register(_ExportGauges(source))
+
     def count_decodes(self, source: Callable[[], int]) -> None:
         """Where `llamacpp:n_decode_total` comes from: the engines' llama_decode calls."""
         self._decodes.source = source
@@ -162,6 +167,42 @@ class _DecodeCalls(Collector):
     def collect(self) -> Iterator[Metric]:
         yield CounterMetricFamily(
             "llamacpp:n_decode", "Number of llama_decode() calls.", value=self.source()
+        )
+
+
+class _ExportGauges(Collector):
+    """`llm_node_fleet_*`: the fleet export as the exporter sees it now."""
+
+    def __init__(self, source: Callable[[], ExportStatus]) -> None:
+        self.source = source
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(())  # no scrape at registration
+
+    def collect(self) -> Iterator[Metric]:
+        s = self.source()
+        yield GaugeMetricFamily(
+            "llm_node_fleet_db_up", "1 while the fleet PostgreSQL answers.", value=int(s.up)
+        )
+        yield GaugeMetricFamily(
+            "llm_node_fleet_export_lag_rows",
+            "Final meter rows not yet in the fleet database.",
+            value=s.lag_rows,
+        )
+        yield GaugeMetricFamily(
+            "llm_node_fleet_export_lag_seconds",
+            "How long the oldest row not yet exported has waited.",
+            value=s.lag_seconds,
+        )
+        yield GaugeMetricFamily(
+            "llm_node_fleet_export_last_success_timestamp_seconds",
+            "Unix time of the last complete export pass (0: none yet).",
+            value=s.last_success or 0,
+        )
+        yield CounterMetricFamily(
+            "llm_node_fleet_export_failures",
+            "Export passes that failed (each is retried).",
+            value=s.failures,
         )
 
 

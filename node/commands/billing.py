@@ -9,9 +9,11 @@ from typing import Any
 
 import click
 
+from node.commands.fleet_access import open_fleet
 from node.commands.keys import budget_cells
 from node.commands.meter_access import Moment, check_range, open_meter
-from node.commands.options import db_option, echo_json, echo_table, json_option
+from node.commands.options import db_option, echo_json, echo_table, fleet_db_option, json_option
+from node.fleet import billing as fleet_billing
 from node.meter import Filters, MixedCurrencies, MoneyError
 from node.meter.billing import GROUPS
 from node.meter.money import display_text, parse_currency
@@ -34,9 +36,14 @@ def billing() -> None:
 @click.option("--model", metavar="ID", help="Only this model.")
 @click.option("--currency", help="Only requests billed in this currency.")
 @click.option(
-    "--by", type=click.Choice(tuple(GROUPS)), default="key", show_default=True, help="Group by."
+    "--by",
+    type=click.Choice(tuple(fleet_billing.GROUPS)),
+    default="key",
+    show_default=True,
+    help="Group by (node: with --fleet-db).",
 )
 @db_option
+@fleet_db_option
 @json_option
 @click.option("--csv", "as_csv", is_flag=True, help="CSV rows (exact costs), no total line.")
 def status(
@@ -48,12 +55,15 @@ def status(
     currency: str | None,
     by: str,
     db_path: str,
+    fleet_db: str | None,
     as_json: bool,
     as_csv: bool,
 ) -> None:
-    """Requests, tokens and cost per group, and totals."""
+    """Requests, tokens and cost per group, and totals (of the whole fleet with --fleet-db)."""
     if as_json and as_csv:
         raise click.UsageError("--json and --csv exclude each other")
+    if by not in GROUPS and fleet_db is None:
+        raise click.UsageError(f"--by {by} needs --fleet-db")
     check_range(since, until)
     if currency is not None:
         try:
@@ -63,17 +73,22 @@ def status(
     filters = Filters(
         since_us=since, until_us=until, org=org, key_id=key_id, model=model, currency=currency
     )
-    with open_meter(db_path) as meter:
-        try:
-            report = meter.billing_status(filters, by)
-        except MixedCurrencies as exc:
-            raise click.UsageError(str(exc)) from None
+    try:
+        if fleet_db is not None:
+            with open_fleet(fleet_db) as conn:
+                report = fleet_billing.status(conn, filters, by)
+        else:
+            with open_meter(db_path) as meter:
+                report = meter.billing_status(filters, by)
+    except MixedCurrencies as exc:
+        raise click.UsageError(str(exc)) from None
+    group = fleet_billing.GROUPS[by][0]
     if as_json:
         echo_json(report)
     elif as_csv:
-        _write_csv(report, GROUPS[by][0])
+        _write_csv(report, group)
     else:
-        _print_status(report, GROUPS[by][0])
+        _print_status(report, group)
 
 
 def _write_csv(report: dict[str, Any], group: str) -> None:
@@ -115,6 +130,7 @@ def _print_status(report: dict[str, Any], group: str) -> None:
 @click.option("--status", "state", type=click.Choice(STATUSES), help="Only this status.")
 @click.option("--limit", type=click.IntRange(min=1, max=10**9), default=100, show_default=True)
 @db_option
+@fleet_db_option
 @json_option
 def requests(
     since: int | None,
@@ -123,18 +139,25 @@ def requests(
     state: str | None,
     limit: int,
     db_path: str,
+    fleet_db: str | None,
     as_json: bool,
 ) -> None:
-    """Meter rows, newest first."""
+    """Meter rows, newest first (every node's exported rows with --fleet-db)."""
     check_range(since, until)
     filters = Filters(since_us=since, until_us=until, key_id=key_id, status=state)
-    with open_meter(db_path) as meter:
-        rows = meter.billing_requests(filters, limit)
+    if fleet_db is not None:
+        with open_fleet(fleet_db) as conn:
+            rows = fleet_billing.requests(conn, filters, limit)
+    else:
+        with open_meter(db_path) as meter:
+            rows = meter.billing_requests(filters, limit)
     if as_json:
         echo_json(rows)
         return
+    node = ["node"] if fleet_db is not None else []
     echo_table(
         [
+            *node,
             "id",
             "key",
             "org",
@@ -151,6 +174,7 @@ def requests(
         ],
         [
             [
+                *([r["node_id"]] if node else []),
                 r["id"],
                 r["key_id"],
                 r["org"],

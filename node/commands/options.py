@@ -26,6 +26,29 @@ def db_option(func: F) -> F:
     )(func)
 
 
+def fleet_db_option(func: F) -> F:
+    """`--fleet-db URL` / env LLM_NODE_FLEET_DB: the fleet's PostgreSQL (fleet mode)."""
+    return click.option(
+        "--fleet-db",
+        "fleet_db",
+        envvar="LLM_NODE_FLEET_DB",
+        metavar="URL",
+        callback=_fleet_url,
+        help="Fleet PostgreSQL, postgresql://user@host/database (needs llm-node[fleet]).",
+    )(func)
+
+
+def _fleet_url(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    if value is None:
+        return None
+    from node.fleet.connect import check_url  # no psycopg import
+
+    try:
+        return check_url(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), ctx, param) from None
+
+
 def models_option(func: F) -> F:
     """`--models FILE` / env LLM_NODE_MODELS: the model registry."""
     return click.option(

@@ -7,7 +7,8 @@ import logging
 import click
 
 from node.api.limits import HttpLimits
-from node.commands.options import db_option, models_option
+from node.commands.fleet_access import join_fleet
+from node.commands.options import db_option, fleet_db_option, models_option
 from node.config import RegistryError, resolve_models
 
 MIB = 1024 * 1024
@@ -77,6 +78,12 @@ _SECONDS = click.FloatRange(min=0, min_open=True, max=3600)
     type=click.IntRange(1, 1_000_000),
     help="Most open client connections; a request on one more gets 503.",
 )
+@fleet_db_option
+@click.option(
+    "--node-id",
+    envvar="LLM_NODE_NODE_ID",
+    help="This node's id in the fleet (default: generated once, kept in the meter).",
+)
 def serve(
     host: str,
     port: int,
@@ -90,6 +97,8 @@ def serve(
     max_header_kb: int,
     max_headers: int,
     max_connections: int,
+    fleet_db: str | None,
+    node_id: str | None,
 ) -> None:
     """Serve the models over the OpenAI-compatible HTTP API."""
     try:
@@ -126,13 +135,22 @@ def serve(
         meter = Meter(db_path)
     except MeterUnavailable as exc:
         raise click.ClickException(str(exc)) from None
+    exporter = None
     try:
+        exporter = join_fleet(meter, fleet_db, node_id)
         metrics = NodeMetrics()
         service = NodeService(specs, ModelPool(), meter, gpu, metrics)
-        app = create_app(service, metrics, max_body_bytes=int(max_body_mb * MIB))
+        app = create_app(
+            service,
+            metrics,
+            max_body_bytes=int(max_body_mb * MIB),
+            fleet=None if exporter is None else exporter.status,
+        )
         server = build_server(app, host=host, port=port, limits=limits)
         server.run()
     finally:
+        if exporter is not None:
+            exporter.stop()  # after the last request finished: its row goes out too
         meter.close()
     if not server.started:  # uvicorn logged why (e.g. the port is taken)
         raise SystemExit(3)

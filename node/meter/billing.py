@@ -9,6 +9,7 @@ one (`MixedCurrencies`), because a total across currencies means nothing.
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,7 +41,9 @@ class Filters:
     status: str | None = None
     request_id: str | None = None
 
-    def where(self) -> tuple[str, list[Any]]:
+    def where(self, placeholder: str = "?", id_column: str = "id") -> tuple[str, list[Any]]:
+        """The WHERE clause and its parameters (`placeholder` and the request id's column
+        name differ in the fleet's PostgreSQL)."""
         clauses: list[str] = []
         params: list[Any] = []
         for column, op, value in (
@@ -51,10 +54,10 @@ class Filters:
             ("model", "=", self.model),
             ("currency", "=", self.currency),
             ("status", "=", self.status),
-            ("id", "=", self.request_id),
+            (id_column, "=", self.request_id),
         ):
             if value is not None:
-                clauses.append(f"{column} {op} ?")
+                clauses.append(f"{column} {op} {placeholder}")
                 params.append(value)
         return (" WHERE " + " AND ".join(clauses)) if clauses else "", params
 
@@ -102,9 +105,15 @@ def status(conn: sqlite3.Connection, filters: Filters, by: str = "key") -> dict[
         f" FROM requests{where} GROUP BY grp, currency, prompt_price_micro, completion_price_micro",
         params,
     ).fetchall()
+    return summarize(rows, name, by)
+
+
+def summarize(rows: Iterable[Sequence[Any]], name: str, by: str) -> dict[str, Any]:
+    """The report from token sums per (group, currency, prompt price, completion price)."""
     groups: dict[Any, _Sums] = {}
     total = _Sums()
-    for grp, currency, prompt_micro, completion_micro, count, prompt, cached, completion in rows:
+    for grp, currency, prompt_micro, completion_micro, *sums in rows:
+        count, prompt, cached, completion = (int(v) for v in sums)  # PostgreSQL: Decimal sums
         part = _Sums(
             requests=count, prompt_tokens=prompt, cached_tokens=cached, completion_tokens=completion
         )
@@ -130,7 +139,7 @@ def status(conn: sqlite3.Connection, filters: Filters, by: str = "key") -> dict[
     }
 
 
-_REQUEST_COLUMNS = (
+REQUEST_COLUMNS = (
     "id, key_id, org, endpoint, model, quant_type, gpu_type, gpu_name, status, prompt_tokens,"
     " cached_tokens, completion_tokens, cost_units, currency, prompt_price_micro,"
     " completion_price_micro, user, started, finished"
@@ -141,57 +150,57 @@ def requests(conn: sqlite3.Connection, filters: Filters, limit: int = 100) -> li
     """Meter rows, newest first, as JSON-ready dicts (costs exact decimal strings)."""
     where, params = filters.where()
     rows = conn.execute(
-        f"SELECT {_REQUEST_COLUMNS} FROM requests{where} ORDER BY started DESC, id DESC LIMIT ?",
+        f"SELECT {REQUEST_COLUMNS} FROM requests{where} ORDER BY started DESC, id DESC LIMIT ?",
         [*params, limit],
     ).fetchall()
-    result = []
-    for row in rows:
-        (
-            request_id,
-            key_id,
-            org,
-            endpoint,
-            model,
-            quant_type,
-            gpu_type,
-            gpu_name,
-            state,
-            prompt,
-            cached,
-            completion,
-            units,
-            currency,
-            prompt_micro,
-            completion_micro,
-            user,
-            started,
-            finished,
-        ) = row
-        result.append(
-            {
-                "id": request_id,
-                "key_id": key_id,
-                "org": org,
-                "endpoint": endpoint,
-                "model": model,
-                "quant_type": quant_type,
-                "gpu_type": gpu_type,
-                "gpu_name": gpu_name,
-                "status": state,
-                "prompt_tokens": prompt,
-                "cached_tokens": cached,
-                "completion_tokens": completion,
-                "cost": exact_text(cost_from_units(units)),
-                "currency": currency,
-                "no_price": prompt_micro is None,
-                "prompt_per_1m": _price_text(prompt_micro),
-                "completion_per_1m": _price_text(completion_micro),
-                "user": user,
-                "started": iso(started),
-                "finished": iso(finished),
-            }
-        )
-    return result
+    return [request_json(row) for row in rows]
+
+
+def request_json(row: Sequence[Any]) -> dict[str, Any]:
+    """One row of `REQUEST_COLUMNS` as a JSON-ready dict."""
+    (
+        request_id,
+        key_id,
+        org,
+        endpoint,
+        model,
+        quant_type,
+        gpu_type,
+        gpu_name,
+        state,
+        prompt,
+        cached,
+        completion,
+        units,
+        currency,
+        prompt_micro,
+        completion_micro,
+        user,
+        started,
+        finished,
+    ) = row
+    return {
+        "id": request_id,
+        "key_id": key_id,
+        "org": org,
+        "endpoint": endpoint,
+        "model": model,
+        "quant_type": quant_type,
+        "gpu_type": gpu_type,
+        "gpu_name": gpu_name,
+        "status": state,
+        "prompt_tokens": prompt,
+        "cached_tokens": cached,
+        "completion_tokens": completion,
+        "cost": exact_text(cost_from_units(units)),
+        "currency": currency,
+        "no_price": prompt_micro is None,
+        "prompt_per_1m": _price_text(prompt_micro),
+        "completion_per_1m": _price_text(completion_micro),
+        "user": user,
+        "started": iso(started),
+        "finished": iso(finished),
+    }
 
 
 def _price_text(micro: int | None) -> str | None:

@@ -7,6 +7,7 @@ thread so authentication never queues behind a write. Connections open an existi
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import threading
 import time
@@ -15,9 +16,11 @@ from sqlite_utils import Database
 
 from node.meter.dbfile import FileGuard, open_uri
 from node.meter.errors import MeterUnavailable
-from node.meter.schema import migrations
+from node.meter.schema import migrations, restore_seq_triggers
 
 __all__ = ["MeterUnavailable", "Readers", "connect", "migrate"]
+
+log = logging.getLogger(__name__)
 
 
 def connect(
@@ -83,6 +86,9 @@ def _migrate_once(conn: sqlite3.Connection) -> None:
     try:
         # Another process may have migrated while we waited for the lock.
         migrations.apply(db)  # nested in our transaction: sqlite-utils uses savepoints
+        restored = restore_seq_triggers(db)
+        if restored:
+            log.warning("meter: a migration dropped the export triggers; recreated %s", restored)
         conn.execute("COMMIT")
     except BaseException:
         if conn.in_transaction:

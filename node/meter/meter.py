@@ -18,12 +18,13 @@ from concurrent.futures import Future
 from decimal import Decimal
 from typing import Any, TypeVar
 
-from node.meter import billing, budgets, keys, prices, usage
+from node.meter import billing, budgets, export, keys, prices, usage
 from node.meter.billing import Filters
 from node.meter.budgets import Budget
 from node.meter.checkpointer import Checkpointer
 from node.meter.db import MeterUnavailable, Readers, connect, migrate
 from node.meter.dbfile import FileGuard, create_private
+from node.meter.export import ExportState
 from node.meter.keys import ApiKey, Limits
 from node.meter.money import parse_currency, parse_price
 from node.meter.prices import Price, PricePeriod
@@ -280,6 +281,26 @@ class Meter:
     def request_row(self, request_id: str) -> dict[str, Any] | None:
         rows = self._read(lambda c: billing.requests(c, Filters(request_id=request_id), 1))
         return rows[0] if rows else None
+
+    # --- fleet export: rows by sequence number, for node.fleet's exporter -------------------
+
+    def claim_node_id(self, wanted: str | None = None) -> str:
+        """This meter's node id; `wanted` replaces it only while nothing was exported."""
+        return self._wait(self._writer.submit(lambda c: export.claim_node_id(c, wanted)))
+
+    def export_state(self) -> ExportState:
+        return self._read(export.state)
+
+    def exportable_rows(self, after_seq: int, limit: int) -> list[tuple[Any, ...]]:
+        """Final rows past `after_seq`, oldest first, columns as `export.COLUMNS`."""
+        return self._read(lambda c: export.rows_after(c, after_seq, limit))
+
+    def first_waiting_finished(self, after_seq: int) -> int | None:
+        return self._read(lambda c: export.finished_of(c, after_seq))
+
+    def acknowledge_export(self, seq: int) -> Future[None]:
+        """Move the watermark to `seq`, once PostgreSQL committed every row up to it."""
+        return self._writer.submit(lambda c: export.acknowledge(c, seq, now_us=self._clock()))
 
     # --- internals --------------------------------------------------------------------------
 

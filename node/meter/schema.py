@@ -12,6 +12,36 @@ from sqlite_utils.migrations import Migrations
 
 migrations = Migrations("llm-node-meter")
 
+# The export sequence (m005): a final row gets the next number in the transaction that makes it
+# final. Kept here, outside the migration, because `restore_seq_triggers` needs them too.
+_SEQ_BODY = """
+    WHEN NEW.status != 'running' AND NEW.seq IS NULL
+    BEGIN
+        UPDATE export_state SET last_seq = last_seq + 1;
+        UPDATE requests SET seq = (SELECT last_seq FROM export_state) WHERE id = NEW.id;
+    END"""
+SEQ_TRIGGERS = {
+    "requests_seq_final": (
+        f"CREATE TRIGGER requests_seq_final AFTER UPDATE OF status ON requests{_SEQ_BODY}"
+    ),
+    "requests_seq_new": f"CREATE TRIGGER requests_seq_new AFTER INSERT ON requests{_SEQ_BODY}",
+}
+
+
+def restore_seq_triggers(db: Database) -> list[str]:
+    """Recreate export triggers a later table rebuild dropped (inside the migration's write
+    transaction); the names recreated, normally none."""
+    if "export_state" not in db.table_names():
+        return []
+    present = {
+        row[0]
+        for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'").fetchall()
+    }
+    missing = [name for name in SEQ_TRIGGERS if name not in present]
+    for name in missing:
+        db.execute(SEQ_TRIGGERS[name])
+    return missing
+
 
 @migrations()
 def m001_api_keys(db: Database) -> None:
@@ -142,3 +172,42 @@ def m004_controls(db: Database) -> None:
         ) STRICT, WITHOUT ROWID
         """
     )
+
+
+@migrations()
+def m005_export_seq(db: Database) -> None:
+    """Fleet export: a monotonic `seq` on every final row, the export watermark, the node id.
+
+    Triggers give the sequence number in the very transaction that makes a row final (finish,
+    recovery of an interrupted row, a row inserted final), so no code path can forget it and a
+    reader that sees seq N also sees every seq below N (SQLite has one writer). A counter, not
+    max(seq), so pruning rows never hands out a number twice. Rows final before this migration
+    are numbered now, oldest first: a node joining a fleet exports its history. A migration that
+    rebuilds `requests` drops its triggers; `restore_seq_triggers` puts them back after every
+    migration run.
+    """
+    db.execute(
+        """
+        CREATE TABLE export_state (
+            id INTEGER PRIMARY KEY CHECK (id = 1),
+            node_id TEXT NOT NULL,
+            last_seq INTEGER NOT NULL,            -- the last seq given to a final row
+            exported_seq INTEGER NOT NULL,        -- watermark: rows up to it are in PostgreSQL
+            exported_at INTEGER                   -- when the watermark last moved
+        ) STRICT
+        """
+    )
+    db.execute("ALTER TABLE requests ADD COLUMN seq INTEGER")
+    db.execute(
+        "INSERT INTO export_state (id, node_id, last_seq, exported_seq)"
+        " VALUES (1, 'node-' || lower(hex(randomblob(6))), 0, 0)"
+    )
+    db.execute(
+        "UPDATE requests SET seq = ranked.n FROM (SELECT id, row_number() OVER"
+        " (ORDER BY finished, id) AS n FROM requests WHERE status != 'running') AS ranked"
+        " WHERE requests.id = ranked.id"
+    )
+    db.execute("UPDATE export_state SET last_seq = (SELECT coalesce(max(seq), 0) FROM requests)")
+    db.execute("CREATE UNIQUE INDEX requests_seq ON requests (seq) WHERE seq IS NOT NULL")
+    for sql in SEQ_TRIGGERS.values():
+        db.execute(sql)
