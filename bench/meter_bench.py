@@ -35,6 +35,7 @@ def _start(request_id: str) -> RequestStart:
         gpu_type="cpu",
         gpu_name="cpu",
         user=None,
+        prompt_tokens=18,
     )
 
 
