@@ -55,7 +55,8 @@ class FakeGeneration:
     def __init__(self, engine: FakeEngine, n_prompt: int, params: SamplingParams) -> None:
         self._engine = engine
         self._params = params
-        self._counts = TokenCounts(prompt_tokens=n_prompt)
+        cached = min(engine.cached_tokens, n_prompt)
+        self._counts = TokenCounts(prompt_tokens=n_prompt, cached_tokens=cached)
         self._cancelled = False
         self.submitted = params
 
@@ -112,6 +113,7 @@ class FakeEngine:
         self.active = 0
         self.step_s = 0.002
         self.default_tokens = 8
+        self.cached_tokens = 0  # prompt tokens every generation reports as reused
         self.fail_after: int | None = None  # then Finished("error")
         self.raise_after: int | None = None  # then the iterator raises (a bug)
         self.submitted: list[SamplingParams] = []

@@ -95,6 +95,39 @@ def test_the_row_carries_the_prompt_from_admission_before_any_checkpoint(served:
     assert final == ("ok", usage["prompt_tokens"], usage["completion_tokens"])
 
 
+def test_the_cached_count_reaches_the_row_with_the_first_token(served: Served) -> None:
+    served.engine.step_s = 0.3  # the 3 tokens are far apart: the row is read between them
+    served.engine.cached_tokens = 2
+    body = {**CHAT, "stream": True, "max_tokens": 3}
+    with httpx.stream(
+        "POST",
+        f"{served.url}/v1/chat/completions",
+        json=body,
+        headers={"Authorization": f"Bearer {served.secret}"},
+        timeout=30,
+    ) as resp:
+        assert resp.status_code == 200
+        lines = resp.iter_lines()
+        next(line for line in lines if '"content"' in line)  # the first token
+        request_id = resp.headers["x-request-id"]
+        deadline = time.monotonic() + 5
+        while _cached(served.db, request_id) != ("running", 2):
+            assert time.monotonic() < deadline, _cached(served.db, request_id)
+            time.sleep(0.01)  # polling another process's view of the file
+        list(lines)
+    assert _cached(served.db, request_id) == ("ok", 2)
+
+
+def _cached(db: Path, request_id: str) -> tuple[str, int]:
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        return conn.execute(
+            "SELECT status, cached_tokens FROM requests WHERE id = ?", (request_id,)
+        ).fetchone()
+    finally:
+        conn.close()
+
+
 def test_embeddings_open_with_their_prompt_count(served: Served) -> None:
     resp = served.post("/v1/embeddings", {"model": "fake-embed", "input": ["a b", "c d e"]})
     assert resp.status_code == 200, resp.text

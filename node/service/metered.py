@@ -94,6 +94,7 @@ class MeteredGeneration:
         self._held: _Item | None = None  # read, not yet returned
         self._pumps = [asyncio.ensure_future(self._drain(i, g)) for i, g in started.items()]
         self._checkpointed = 0
+        self._cached_written = False  # the row learns the cached count at the first token
         self._meter_error: BaseException | None = None
         self._began = time.perf_counter()
         self._first_token_s: float | None = None
@@ -191,9 +192,13 @@ class MeteredGeneration:
 
     def _maybe_checkpoint(self) -> None:
         counts = self.counts
-        if counts.completion_tokens - self._checkpointed < CHECKPOINT_EVERY:
+        # The engine learns the cached count at slot admission, after the row was opened: the
+        # first token writes it, so a kill before the 16th token still bills the cache right.
+        cached_news = counts.cached_tokens > 0 and not self._cached_written
+        if counts.completion_tokens - self._checkpointed < CHECKPOINT_EVERY and not cached_news:
             return
         self._checkpointed = counts.completion_tokens
+        self._cached_written = True
         future = self._host.meter.checkpoint(self.request_id, usage_of(counts))
 
         def done(f: Future[None]) -> None:
