@@ -113,8 +113,10 @@ def query(url: str, sql: str, params: tuple[object, ...] = ()) -> list[tuple[obj
 class ServeProcess:
     """A real `llm-node serve` in fleet mode: one small chat model, one decode thread."""
 
-    def __init__(self, root: Path, name: str, fleet_url: str, gguf: Path) -> None:
+    def __init__(self, root: Path, name: str, fleet_url: str, gguf: Path, *extra: str) -> None:
+        """`extra`: more `serve` arguments (e.g. `--fleet-poll 1`)."""
         self.root, self.name, self.fleet_url = root, name, fleet_url
+        self.extra = extra
         self.db = root / f"{name}.db"
         self.registry = root / "models.toml"
         if not self.registry.exists():
@@ -158,6 +160,7 @@ class ServeProcess:
             self.fleet_url,
             "--node-id",
             self.name,
+            *self.extra,
         ]
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(

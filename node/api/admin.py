@@ -73,6 +73,12 @@ def _meter(request: Request) -> Meter:
     return request.app.state.service.meter
 
 
+def _config(request: Request) -> Any:
+    """Where key, org and price changes go: the meter, or in fleet mode the fleet database
+    (`node.fleet.store.FleetConfig`, the same methods) and from there every node's copy."""
+    return getattr(request.app.state, "config", None) or _meter(request)
+
+
 async def _run(func: Callable[..., T], *args: Any) -> T:
     return await asyncio.to_thread(func, *args)
 
@@ -99,7 +105,7 @@ async def create_key(request: Request) -> Response:
     body: NewKey = await _body(request, NewKey)
     meter = _meter(request)
     key, secret = await _run(
-        lambda: meter.create_key(
+        lambda: _config(request).create_key(
             body.level,
             comment=body.comment,
             org=body.org,
@@ -134,7 +140,7 @@ async def update_key(request: Request) -> Response:
         changes["budget"] = _budget(body.budget)
     meter = _meter(request)
     key_id = request.path_params["key_id"]
-    key = await _run(meter.update_key, key_id, changes)
+    key = await _run(_config(request).update_key, key_id, changes)
     if key is None:
         raise _not_found("API key", key_id, "key_not_found")
     return JSONResponse(await _run(meter.key_json, key))
@@ -142,7 +148,7 @@ async def update_key(request: Request) -> Response:
 
 async def delete_key(request: Request) -> Response:
     key_id = request.path_params["key_id"]
-    if not await _run(_meter(request).delete_key, key_id):
+    if not await _run(_config(request).delete_key, key_id):
         raise _not_found("API key", key_id, "key_not_found")
     return JSONResponse({"id": key_id, "deleted": True})
 
@@ -168,8 +174,9 @@ async def set_price(request: Request) -> Response:
         currency = parse_currency(body.currency)
     except MoneyError as exc:
         raise invalid(f"Invalid value for 'currency': {exc}.", "currency") from None
-    meter = _meter(request)
-    price = await _run(meter.set_price, model, gpu_type, body.prompt, body.completion, currency)
+    price = await _run(
+        _config(request).set_price, model, gpu_type, body.prompt, body.completion, currency
+    )
     return JSONResponse(
         {
             "model": price.model,
@@ -270,7 +277,7 @@ async def set_org(request: Request) -> Response:
     org = request.path_params["org"]
     if not org.strip():
         raise invalid("The org name must not be empty.", "org")
-    return JSONResponse(await _run(_meter(request).set_org, org, _budget(body.budget)))
+    return JSONResponse(await _run(_config(request).set_org, org, _budget(body.budget)))
 
 
 ROUTES = [

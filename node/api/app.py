@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 from pydantic import ValidationError
 from starlette.applications import Starlette
@@ -44,9 +45,11 @@ def create_app(
     *,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     fleet: Callable[[], ExportStatus] | None = None,
+    config: Any = None,
 ) -> ASGIApp:
     """`service.observer` should be `node_metrics` so `/metrics` sees every request.
-    `fleet`: in fleet mode, the exporter's status for /metrics and /health."""
+    `fleet`: in fleet mode, the exporter's status for /metrics and /health. `config`: in
+    fleet mode, where the admin API's key, org and price changes go (`FleetConfig`)."""
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
@@ -72,6 +75,7 @@ def create_app(
     app.state.metrics = node_metrics
     node_metrics.count_decodes(service.decode_calls)
     app.state.fleet = fleet
+    app.state.config = config
     if fleet is not None:
         node_metrics.watch_export(fleet)
     auth = AuthMiddleware(app, service, ROUTES)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -13,11 +14,34 @@ from node.meter import Meter
 
 if TYPE_CHECKING:
     from node.fleet.exporter import Exporter
+    from node.fleet.replica import Replica
+    from node.fleet.store import FleetConfig
 
 
-def join_fleet(meter: Meter, fleet_db: str | None, node_id: str | None) -> Exporter | None:
-    """Claim the node's id; with a fleet database, start the exporter. PostgreSQL may be down
-    now: the node serves anyway and the exporter catches up when it returns."""
+@dataclass
+class FleetMode:
+    """The fleet threads of a serving node: usage export, and the copy of keys and prices."""
+
+    exporter: Exporter
+    replica: Replica
+    config: FleetConfig
+
+    def stop(self) -> None:
+        self.replica.stop()
+        self.config.close()
+        self.exporter.stop()  # after the last request finished: its row goes out too
+
+
+def join_fleet(
+    meter: Meter,
+    fleet_db: str | None,
+    node_id: str | None,
+    *,
+    poll_s: float = 5.0,
+    max_staleness_s: float = 300.0,
+) -> FleetMode | None:
+    """Claim the node's id; with a fleet database, start the exporter and the replica.
+    PostgreSQL may be down now: the node serves from its copy and catches up when it returns."""
     from node.fleet.connect import FleetUnavailable, psycopg_module
 
     try:
@@ -30,16 +54,25 @@ def join_fleet(meter: Meter, fleet_db: str | None, node_id: str | None) -> Expor
     except FleetUnavailable as exc:
         raise click.ClickException(str(exc)) from None
     from node.fleet.exporter import Exporter
+    from node.fleet.replica import Replica
+    from node.fleet.store import FleetConfig
 
     logging.getLogger("node").info("fleet node %s", node)
+    replica = Replica(meter, fleet_db, poll_s=poll_s, max_staleness_s=max_staleness_s)
+    try:
+        replica.sync()  # before serving: a key revoked while we were down fails from the start
+    except Exception as exc:  # unreachable now: serve from the copy, the thread retries
+        logging.getLogger("node").warning("fleet config: first sync failed: %s", exc)
+    replica.start()
     exporter = Exporter(meter, fleet_db, node)
     exporter.start()
-    return exporter
+    return FleetMode(exporter, replica, FleetConfig(meter, fleet_db, replica))
 
 
 @contextmanager
-def open_fleet(url: str) -> Iterator[Any]:
-    """A connection to the fleet database with its schema migrated; failures are one line."""
+def open_fleet(url: str, *, autocommit: bool = False) -> Iterator[Any]:
+    """A connection to the fleet database with its schema migrated; failures are one line.
+    `autocommit`: for the commands that write (each change its own transaction)."""
     from node.fleet.connect import FleetUnavailable, connect, psycopg_module, shown
     from node.fleet.schema import migrate
 
@@ -48,7 +81,7 @@ def open_fleet(url: str) -> Iterator[Any]:
     except FleetUnavailable as exc:
         raise click.ClickException(str(exc)) from None
     try:
-        conn = connect(url)
+        conn = connect(url, autocommit=autocommit)
     except psycopg.Error as exc:
         message = " ".join(str(exc).split())
         raise click.ClickException(

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import click
 
+from node.commands.fleet_access import open_fleet
 from node.commands.meter_access import open_meter
-from node.commands.options import db_option, echo_json, echo_table, json_option
+from node.commands.options import db_option, echo_json, echo_table, fleet_db_option, json_option
 from node.meter import MoneyError
 from node.meter.money import exact_text, parse_currency, parse_price
+from node.meter.prices import PriceMicro, to_price
+from node.meter.times import now_us
 
 
 @click.group()
@@ -24,6 +27,7 @@ def prices() -> None:
 )
 @click.option("--currency", default="PLN", show_default=True, help="ISO 4217 code.")
 @db_option
+@fleet_db_option
 @json_option
 def set_price(
     model: str,
@@ -32,9 +36,11 @@ def set_price(
     completion: str,
     currency: str,
     db_path: str,
+    fleet_db: str | None,
     as_json: bool,
 ) -> None:
-    """Price MODEL on GPU_TYPE for requests admitted from now on (past ones keep theirs)."""
+    """Price MODEL on GPU_TYPE for requests admitted from now on (past ones keep theirs);
+    with --fleet-db on every node of the fleet."""
     # Validate everything before the database is touched: bad input writes nothing.
     for name, value in (("MODEL", model), ("GPU_TYPE", gpu_type)):
         if not value.strip() or value != value.strip():
@@ -50,8 +56,16 @@ def set_price(
         code = parse_currency(currency)
     except MoneyError as exc:
         raise click.BadParameter(str(exc), param_hint="--currency") from None
-    with open_meter(db_path) as meter:
-        price = meter.set_price(model, gpu_type, prompt, completion, code)
+    if fleet_db is not None:
+        from node.fleet import config
+
+        micro = PriceMicro(parse_price(prompt), parse_price(completion), code)
+        with open_fleet(fleet_db, autocommit=True) as conn:
+            config.set_price(conn, model, gpu_type, micro, now_us=now_us())
+        price = to_price(model, gpu_type, micro)
+    else:
+        with open_meter(db_path) as meter:
+            price = meter.set_price(model, gpu_type, prompt, completion, code)
     if as_json:
         echo_json(
             {
@@ -73,11 +87,18 @@ def set_price(
 @prices.command("list")
 @click.option("--history", is_flag=True, help="Include past prices with their validity.")
 @db_option
+@fleet_db_option
 @json_option
-def list_prices(history: bool, db_path: str, as_json: bool) -> None:
+def list_prices(history: bool, db_path: str, fleet_db: str | None, as_json: bool) -> None:
     """Prices in force (per 1M tokens); with --history also the past ones."""
-    with open_meter(db_path) as meter:
-        periods = meter.list_prices(history=history)
+    if fleet_db is not None:
+        from node.fleet import config
+
+        with open_fleet(fleet_db) as conn:
+            periods = config.list_prices(conn, history=history)
+    else:
+        with open_meter(db_path) as meter:
+            periods = meter.list_prices(history=history)
     rows = [period.to_json() for period in periods]
     if as_json:
         echo_json(rows)

@@ -84,6 +84,20 @@ _SECONDS = click.FloatRange(min=0, min_open=True, max=3600)
     envvar="LLM_NODE_NODE_ID",
     help="This node's id in the fleet (default: generated once, kept in the meter).",
 )
+@click.option(
+    "--fleet-poll",
+    default=5.0,
+    show_default=True,
+    type=click.FloatRange(min=0.1, max=3600),
+    help="Fleet mode: seconds between polls for key, org and price changes (NOTIFY is faster).",
+)
+@click.option(
+    "--fleet-max-staleness",
+    default=300.0,
+    show_default=True,
+    type=click.FloatRange(min=1, max=10**7),
+    help="Fleet mode: seconds known keys keep working without reaching the fleet database.",
+)
 def serve(
     host: str,
     port: int,
@@ -99,6 +113,8 @@ def serve(
     max_connections: int,
     fleet_db: str | None,
     node_id: str | None,
+    fleet_poll: float,
+    fleet_max_staleness: float,
 ) -> None:
     """Serve the models over the OpenAI-compatible HTTP API."""
     try:
@@ -135,22 +151,27 @@ def serve(
         meter = Meter(db_path)
     except MeterUnavailable as exc:
         raise click.ClickException(str(exc)) from None
-    exporter = None
+    fleet = None
     try:
-        exporter = join_fleet(meter, fleet_db, node_id)
+        fleet = join_fleet(
+            meter, fleet_db, node_id, poll_s=fleet_poll, max_staleness_s=fleet_max_staleness
+        )
         metrics = NodeMetrics()
         service = NodeService(specs, ModelPool(), meter, gpu, metrics)
+        if fleet is not None:
+            service.keys_fresh = fleet.replica.check_fresh
         app = create_app(
             service,
             metrics,
             max_body_bytes=int(max_body_mb * MIB),
-            fleet=None if exporter is None else exporter.status,
+            fleet=None if fleet is None else fleet.exporter.status,
+            config=None if fleet is None else fleet.config,
         )
         server = build_server(app, host=host, port=port, limits=limits)
         server.run()
     finally:
-        if exporter is not None:
-            exporter.stop()  # after the last request finished: its row goes out too
+        if fleet is not None:
+            fleet.stop()
         meter.close()
     if not server.started:  # uvicorn logged why (e.g. the port is taken)
         raise SystemExit(3)

@@ -52,6 +52,68 @@ MIGRATIONS: list[tuple[str, str]] = [
         CREATE INDEX requests_key ON requests (key_id, started);
         """,
     ),
+    (
+        "f002_config",
+        # Keys, orgs and prices of the whole fleet. Every change gets the next `version` from
+        # one sequence, under one transaction-wide advisory lock taken by the trigger itself,
+        # so versions commit in the order they are handed out (whoever writes: a node, the
+        # CLI, psql) and a reader that has seen version N has seen every change up to N.
+        # A deleted key stays as a tombstone (`deleted`), so nodes that poll learn of it.
+        """
+        CREATE SEQUENCE config_version;
+        CREATE TABLE api_keys (
+            id text PRIMARY KEY,
+            secret_sha256 text NOT NULL UNIQUE,         -- hex SHA-256; never the secret
+            level text NOT NULL CHECK (level IN ('LLM', 'ADMIN')),
+            comment text,
+            org text,
+            created bigint NOT NULL,
+            expires bigint,
+            rpm bigint,
+            tpm bigint,
+            max_parallel bigint,
+            budget_micro bigint,
+            budget_period text,
+            deleted boolean NOT NULL DEFAULT false,
+            version bigint NOT NULL
+        );
+        CREATE TABLE orgs (
+            name text PRIMARY KEY,
+            budget_micro bigint,
+            budget_period text,
+            version bigint NOT NULL
+        );
+        CREATE TABLE prices (
+            id bigserial PRIMARY KEY,
+            model text NOT NULL,
+            gpu_type text NOT NULL,
+            prompt_micro bigint NOT NULL CHECK (prompt_micro >= 0),
+            completion_micro bigint NOT NULL CHECK (completion_micro >= 0),
+            currency text NOT NULL,
+            valid_from bigint NOT NULL,
+            valid_until bigint,
+            version bigint NOT NULL
+        );
+        CREATE UNIQUE INDEX prices_open ON prices (model, lower(gpu_type))
+            WHERE valid_until IS NULL;
+        CREATE INDEX api_keys_version ON api_keys (version);
+        CREATE INDEX orgs_version ON orgs (version);
+        CREATE INDEX prices_version ON prices (version);
+        CREATE FUNCTION config_changed() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            PERFORM pg_advisory_xact_lock(7236891287);
+            NEW.version := nextval('config_version');
+            PERFORM pg_notify('llm_node_config', NEW.version::text);
+            RETURN NEW;
+        END $$;
+        CREATE TRIGGER api_keys_version BEFORE INSERT OR UPDATE ON api_keys
+            FOR EACH ROW EXECUTE FUNCTION config_changed();
+        CREATE TRIGGER orgs_version BEFORE INSERT OR UPDATE ON orgs
+            FOR EACH ROW EXECUTE FUNCTION config_changed();
+        CREATE TRIGGER prices_version BEFORE INSERT OR UPDATE ON prices
+            FOR EACH ROW EXECUTE FUNCTION config_changed();
+        """,
+    ),
 ]
 
 

@@ -23,7 +23,7 @@ KEY_ID_PREFIX = "key_"
 LEVELS = ("LLM", "ADMIN")
 MAX_DAYS = 36_500  # expiry at most ~100 years ahead
 
-_COLUMNS = (
+COLUMNS = (
     "id, secret_sha256, level, comment, org, created, expires, last_used,"
     " rpm, tpm, max_parallel, budget_micro, budget_period"
 )
@@ -91,6 +91,44 @@ def hash_secret(secret: str) -> str:
     return hashlib.sha256(secret.encode("utf-8")).hexdigest()
 
 
+def new_row(
+    *,
+    level: str,
+    comment: str | None,
+    org: str | None,
+    expires_in_days: float | None,
+    now_us: int,
+    limits: Limits | None = None,
+    budget: Budget | None = None,
+) -> tuple[tuple[Any, ...], str]:
+    """A new key's row (`COLUMNS` order) and its secret, checked; written by the caller (the
+    local meter here, the fleet database in fleet mode)."""
+    if level not in LEVELS:
+        raise ValueError(f"level {level!r} is not one of {', '.join(LEVELS)}")
+    created = now_us - now_us % US_PER_SECOND  # whole seconds: expiry lands on an exact second
+    expires = _expiry(expires_in_days, created)
+    limits = limits or Limits()
+    _check_limits(limits)
+    key_id = KEY_ID_PREFIX + secrets.token_hex(6)
+    secret = SECRET_PREFIX + secrets.token_urlsafe(32)
+    row = (
+        key_id,
+        hash_secret(secret),
+        level,
+        comment,
+        org,
+        created,
+        expires,
+        None,
+        limits.rpm,
+        limits.tpm,
+        limits.max_parallel,
+        None if budget is None else budget.amount_micro,
+        None if budget is None else budget.period,
+    )
+    return row, secret
+
+
 def create(
     conn: sqlite3.Connection,
     *,
@@ -103,36 +141,22 @@ def create(
     budget: Budget | None = None,
 ) -> tuple[ApiKey, str]:
     """Insert a new key; returns it with its secret (the only time the secret exists)."""
-    if level not in LEVELS:
-        raise ValueError(f"level {level!r} is not one of {', '.join(LEVELS)}")
-    created = now_us - now_us % US_PER_SECOND  # whole seconds: expiry lands on an exact second
-    expires = _expiry(expires_in_days, created)
-    limits = limits or Limits()
-    _check_limits(limits)
     while True:
-        key_id = KEY_ID_PREFIX + secrets.token_hex(6)
-        secret = SECRET_PREFIX + secrets.token_urlsafe(32)
-        row = (
-            key_id,
-            hash_secret(secret),
-            level,
-            comment,
-            org,
-            created,
-            expires,
-            None,
-            limits.rpm,
-            limits.tpm,
-            limits.max_parallel,
-            None if budget is None else budget.amount_micro,
-            None if budget is None else budget.period,
+        row, secret = new_row(
+            level=level,
+            comment=comment,
+            org=org,
+            expires_in_days=expires_in_days,
+            now_us=now_us,
+            limits=limits,
+            budget=budget,
         )
         try:
-            conn.execute(f"INSERT INTO api_keys ({_COLUMNS}) VALUES ({', '.join('?' * 13)})", row)
+            conn.execute(f"INSERT INTO api_keys ({COLUMNS}) VALUES ({', '.join('?' * 13)})", row)
         except sqlite3.IntegrityError:
             continue  # an id collision (48 random bits): draw again
-        track(conn, "key", key_id, budget is not None)
-        return _key(row), secret
+        track(conn, "key", row[0], budget is not None)
+        return key_from_row(row), secret
 
 
 def verify(conn: sqlite3.Connection, secret: str, *, now_us: int) -> ApiKey | None:
@@ -141,14 +165,14 @@ def verify(conn: sqlite3.Connection, secret: str, *, now_us: int) -> ApiKey | No
         return None
     digest = hash_secret(secret)
     row = conn.execute(
-        f"SELECT {_COLUMNS} FROM api_keys WHERE secret_sha256 = ?", (digest,)
+        f"SELECT {COLUMNS} FROM api_keys WHERE secret_sha256 = ?", (digest,)
     ).fetchone()
     if row is None or not hmac.compare_digest(row[1], digest):
         return None
     expires = row[6]
     if expires is not None and now_us >= expires:
         return None
-    return _key(row)
+    return key_from_row(row)
 
 
 def _expiry(expires_in_days: float | None, from_us: int) -> int | None:
@@ -168,10 +192,8 @@ def _check_limits(limits: Limits) -> None:
 UPDATABLE = ("comment", "org", "expires_in_days", "rpm", "tpm", "max_parallel", "budget")
 
 
-def update(
-    conn: sqlite3.Connection, key_id: str, changes: dict[str, Any], *, now_us: int
-) -> ApiKey | None:
-    """Change a key's limits, budget, comment, org or expiry (counted from now); None: no key."""
+def changed_columns(changes: dict[str, Any], *, now_us: int) -> dict[str, Any]:
+    """`update`'s changes as column values, checked (ValueError naming what is wrong)."""
     unknown = set(changes) - set(UPDATABLE)
     if unknown:
         raise ValueError(f"cannot change {', '.join(sorted(unknown))} of a key")
@@ -188,6 +210,14 @@ def update(
         budget: Budget | None = changes["budget"]
         sets["budget_micro"] = None if budget is None else budget.amount_micro
         sets["budget_period"] = None if budget is None else budget.period
+    return sets
+
+
+def update(
+    conn: sqlite3.Connection, key_id: str, changes: dict[str, Any], *, now_us: int
+) -> ApiKey | None:
+    """Change a key's limits, budget, comment, org or expiry (counted from now); None: no key."""
+    sets = changed_columns(changes, now_us=now_us)
     if sets:
         assignments = ", ".join(f"{column} = ?" for column in sets)
         cursor = conn.execute(
@@ -199,13 +229,13 @@ def update(
 
 
 def get(conn: sqlite3.Connection, key_id: str) -> ApiKey | None:
-    row = conn.execute(f"SELECT {_COLUMNS} FROM api_keys WHERE id = ?", (key_id,)).fetchone()
-    return None if row is None else _key(row)
+    row = conn.execute(f"SELECT {COLUMNS} FROM api_keys WHERE id = ?", (key_id,)).fetchone()
+    return None if row is None else key_from_row(row)
 
 
 def list_all(conn: sqlite3.Connection) -> list[ApiKey]:
-    rows = conn.execute(f"SELECT {_COLUMNS} FROM api_keys ORDER BY created, id").fetchall()
-    return [_key(row) for row in rows]
+    rows = conn.execute(f"SELECT {COLUMNS} FROM api_keys ORDER BY created, id").fetchall()
+    return [key_from_row(row) for row in rows]
 
 
 def delete(conn: sqlite3.Connection, key_id: str) -> bool:
@@ -222,7 +252,7 @@ def touch(conn: sqlite3.Connection, last_used: dict[str, int]) -> None:
     )
 
 
-def _key(row: tuple[Any, ...]) -> ApiKey:
+def key_from_row(row: tuple[Any, ...]) -> ApiKey:
     (key_id, _digest, level, comment, org, created, expires, last_used) = row[:8]
     rpm, tpm, max_parallel, budget_micro, budget_period = row[8:]
     return ApiKey(

@@ -18,7 +18,7 @@ from concurrent.futures import Future
 from decimal import Decimal
 from typing import Any, TypeVar
 
-from node.meter import billing, budgets, export, keys, prices, usage
+from node.meter import billing, budgets, export, keys, prices, replica, usage
 from node.meter.billing import Filters
 from node.meter.budgets import Budget
 from node.meter.checkpointer import Checkpointer
@@ -28,6 +28,7 @@ from node.meter.export import ExportState
 from node.meter.keys import ApiKey, Limits
 from node.meter.money import parse_currency, parse_price
 from node.meter.prices import Price, PricePeriod
+from node.meter.replica import ConfigChanges, SyncState
 from node.meter.times import US_PER_SECOND, now_us
 from node.meter.usage import Bill, Opened, RequestStart, Usage
 from node.meter.writer import Writer
@@ -129,12 +130,32 @@ class Meter:
             lambda c: usage.open_request(c, start, now_us=self._clock(), refused=True)
         )
 
-    def admit(self, start: RequestStart, ceiling: Usage) -> Future[Opened]:
+    def admit(
+        self, start: RequestStart, ceiling: Usage, *, budgets_checked: bool = False
+    ) -> Future[Opened]:
         """`open_request` that reserves the request's maximum cost (`ceiling` tokens) against
-        the key's and org's budgets; a refused request gets a `rejected` row, 0 tokens."""
+        the key's and org's budgets; a refused request gets a `rejected` row, 0 tokens.
+        `budgets_checked`: the fleet database checked them (only local totals are kept)."""
         return self._writer.submit(
-            lambda c: usage.open_request(c, start, now_us=self._clock(), ceiling=ceiling)
+            lambda c: usage.open_request(
+                c, start, now_us=self._clock(), ceiling=ceiling, budgets_checked=budgets_checked
+            )
         )
+
+    def max_cost(
+        self, start: RequestStart, ceiling: Usage
+    ) -> tuple[list[tuple[str, str, Budget]], int]:
+        """The budgets a request counts against and its most possible cost at the price in
+        force now (cost units; 0 without a price), for a fleet-wide reservation."""
+
+        def read(conn: sqlite3.Connection) -> tuple[list[tuple[str, str, Budget]], int]:
+            found = usage.budgets_of(conn, start.key_id, start.org)
+            price = prices.current_micro(conn, start.model, start.gpu_type)
+            if not found or price is None:
+                return found, 0
+            return found, usage.ceiling_units(price, ceiling)
+
+        return self._read(read)
 
     def checkpoint(self, request_id: str, usage_so_far: Usage) -> Future[None]:
         return self._writer.submit(
@@ -301,6 +322,25 @@ class Meter:
     def acknowledge_export(self, seq: int) -> Future[None]:
         """Move the watermark to `seq`, once PostgreSQL committed every row up to it."""
         return self._writer.submit(lambda c: export.acknowledge(c, seq, now_us=self._clock()))
+
+    # --- fleet mode: the local copy of the fleet's keys, orgs and prices --------------------
+
+    def config_rows(self) -> ConfigChanges:
+        """Local keys, orgs and prices in the fleet's shapes (a node joining brings them)."""
+        return self._read(replica.local_rows)
+
+    def apply_config(self, changes: ConfigChanges) -> Future[None]:
+        return self._writer.submit(lambda c: replica.apply(c, changes, now_us=self._clock()))
+
+    def mark_synced(self, version: int) -> Future[None]:
+        return self._writer.submit(lambda c: replica.mark_synced(c, version, now_us=self._clock()))
+
+    def sync_state(self) -> SyncState:
+        return self._read(replica.state)
+
+    def now_us(self) -> int:
+        """The meter's clock (tests pin it): what the fleet stores as times too."""
+        return self._clock()
 
     # --- internals --------------------------------------------------------------------------
 

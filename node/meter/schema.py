@@ -211,3 +211,22 @@ def m005_export_seq(db: Database) -> None:
     db.execute("CREATE UNIQUE INDEX requests_seq ON requests (seq) WHERE seq IS NOT NULL")
     for sql in SEQ_TRIGGERS.values():
         db.execute(sql)
+
+
+@migrations()
+def m006_fleet_sync(db: Database) -> None:
+    """Fleet mode: how far this node's copy of the fleet's keys, orgs and prices has come.
+
+    `version`: the fleet's change counter the local tables reflect; `synced_at`: when the
+    fleet database last confirmed them (µs), which bounds how stale a known key may be.
+    """
+    db.execute(
+        """
+        CREATE TABLE fleet_sync (
+            id INTEGER PRIMARY KEY CHECK (id = 1),
+            version INTEGER NOT NULL,
+            synced_at INTEGER
+        ) STRICT
+        """
+    )
+    db.execute("INSERT INTO fleet_sync (id, version) VALUES (1, 0)")

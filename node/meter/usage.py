@@ -71,13 +71,16 @@ def open_request(
     now_us: int,
     ceiling: Usage | None = None,
     refused: bool = False,
+    budgets_checked: bool = False,
 ) -> Opened:
     """Insert the row (status running) with the prices in force now; idempotent by id.
 
     With a `ceiling` (the most tokens the request can use), its maximum cost is reserved and
     checked against the key's and the org's budgets in this same write transaction; a request
     that could overrun one gets a `rejected` row with 0 tokens instead. `refused`: a rate
-    limit refused it already; only its `rejected` row is written.
+    limit refused it already; only its `rejected` row is written. `budgets_checked`: the
+    fleet database checked and reserved the budgets already (fleet mode); only the local
+    totals record the reservation.
     """
     if not start.id:
         raise ValueError("request id is empty")
@@ -101,10 +104,11 @@ def open_request(
     refusal = None
     if price is not None and ceiling is not None and not refused:
         _check_counts(ceiling)
-        reserved = cost_units(
-            ceiling.prompt_tokens, ceiling.completion_tokens, price.prompt, price.completion
-        )
-        refusal = budgets.check(conn, _budgets(conn, start), reserved, now_us)
+        reserved = ceiling_units(price, ceiling)
+        if not budgets_checked:
+            refusal = budgets.check(
+                conn, budgets_of(conn, start.key_id, start.org), reserved, now_us
+            )
     status = "rejected" if refused or refusal is not None else "running"
     running = status == "running"
     conn.execute(
@@ -142,18 +146,27 @@ def open_request(
     return Opened(billed, refusal)
 
 
-def _budgets(conn: sqlite3.Connection, start: RequestStart) -> list[tuple[str, str, Budget]]:
-    """The budgets a request of this key and org counts against, read in the transaction."""
+def ceiling_units(price: prices.PriceMicro, ceiling: Usage) -> int:
+    """The most a request can cost (its budget reservation), in cost units."""
+    return cost_units(
+        ceiling.prompt_tokens, ceiling.completion_tokens, price.prompt, price.completion
+    )
+
+
+def budgets_of(
+    conn: sqlite3.Connection, key_id: str, org: str | None
+) -> list[tuple[str, str, Budget]]:
+    """The budgets a request of this key and org counts against."""
     found: list[tuple[str, str, Budget]] = []
     row = conn.execute(
-        "SELECT budget_micro, budget_period FROM api_keys WHERE id = ?", (start.key_id,)
+        "SELECT budget_micro, budget_period FROM api_keys WHERE id = ?", (key_id,)
     ).fetchone()
     key_budget = None if row is None else budgets.budget_of(*row)
     if key_budget is not None:
-        found.append(("key", start.key_id, key_budget))
-    org_budget = None if start.org is None else budgets.org_budget(conn, start.org)
-    if org_budget is not None and start.org is not None:
-        found.append(("org", start.org, org_budget))
+        found.append(("key", key_id, key_budget))
+    org_budget = None if org is None else budgets.org_budget(conn, org)
+    if org_budget is not None and org is not None:
+        found.append(("org", org, org_budget))
     return found
 
 

@@ -68,6 +68,8 @@ class NodeService:
         self.observer = observer
         self.gate = Gate(meter, limiter or RateLimiter())
         self.load_error: str | None = None
+        # Fleet mode: raises (a NodeError) while the local copy of the keys is too stale.
+        self.keys_fresh: Callable[[], None] | None = None
         self._load_task: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[object]] = set()
 
@@ -129,6 +131,8 @@ class NodeService:
         if scheme.lower() != "bearer" or not secret:
             raise AuthenticationFailed("The Authorization header must be 'Bearer <key>'.")
         key = self.meter.verify_key(secret)
+        if key is not None and self.keys_fresh is not None:
+            self.keys_fresh()
         if key is None:
             raise AuthenticationFailed("Incorrect, deleted or expired API key provided.")
         return key
