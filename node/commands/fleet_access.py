@@ -13,6 +13,7 @@ import click
 from node.meter import Meter
 
 if TYPE_CHECKING:
+    from node.fleet.budgets import FleetBudgets
     from node.fleet.exporter import Exporter
     from node.fleet.replica import Replica
     from node.fleet.store import FleetConfig
@@ -25,10 +26,12 @@ class FleetMode:
     exporter: Exporter
     replica: Replica
     config: FleetConfig
+    budgets: FleetBudgets
 
     def stop(self) -> None:
         self.replica.stop()
         self.config.close()
+        self.budgets.close()
         self.exporter.stop()  # after the last request finished: its row goes out too
 
 
@@ -39,6 +42,7 @@ def join_fleet(
     *,
     poll_s: float = 5.0,
     max_staleness_s: float = 300.0,
+    budget_offline: str = "refuse",
 ) -> FleetMode | None:
     """Claim the node's id; with a fleet database, start the exporter and the replica.
     PostgreSQL may be down now: the node serves from its copy and catches up when it returns."""
@@ -53,10 +57,15 @@ def join_fleet(
         raise click.BadParameter(str(exc), param_hint="--node-id") from None
     except FleetUnavailable as exc:
         raise click.ClickException(str(exc)) from None
+    from node.fleet.budgets import FleetBudgets, OfflinePolicy
     from node.fleet.exporter import Exporter
     from node.fleet.replica import Replica
     from node.fleet.store import FleetConfig
 
+    try:
+        policy = OfflinePolicy.parse(budget_offline)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--fleet-budget-offline") from None
     logging.getLogger("node").info("fleet node %s", node)
     replica = Replica(meter, fleet_db, poll_s=poll_s, max_staleness_s=max_staleness_s)
     try:
@@ -66,7 +75,8 @@ def join_fleet(
     replica.start()
     exporter = Exporter(meter, fleet_db, node)
     exporter.start()
-    return FleetMode(exporter, replica, FleetConfig(meter, fleet_db, replica))
+    budgets = FleetBudgets(fleet_db, node, policy)
+    return FleetMode(exporter, replica, FleetConfig(meter, fleet_db, replica), budgets)
 
 
 @contextmanager

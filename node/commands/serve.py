@@ -98,6 +98,14 @@ _SECONDS = click.FloatRange(min=0, min_open=True, max=3600)
     type=click.FloatRange(min=1, max=10**7),
     help="Fleet mode: seconds known keys keep working without reaching the fleet database.",
 )
+@click.option(
+    "--fleet-budget-offline",
+    default="refuse",
+    show_default=True,
+    metavar="refuse|share:F",
+    help="Fleet mode: budgeted requests while the fleet database is unreachable: refuse them,"
+    " or admit up to F (0-1] of what each budget had left when last asked.",
+)
 def serve(
     host: str,
     port: int,
@@ -115,6 +123,7 @@ def serve(
     node_id: str | None,
     fleet_poll: float,
     fleet_max_staleness: float,
+    fleet_budget_offline: str,
 ) -> None:
     """Serve the models over the OpenAI-compatible HTTP API."""
     try:
@@ -154,12 +163,18 @@ def serve(
     fleet = None
     try:
         fleet = join_fleet(
-            meter, fleet_db, node_id, poll_s=fleet_poll, max_staleness_s=fleet_max_staleness
+            meter,
+            fleet_db,
+            node_id,
+            poll_s=fleet_poll,
+            max_staleness_s=fleet_max_staleness,
+            budget_offline=fleet_budget_offline,
         )
         metrics = NodeMetrics()
         service = NodeService(specs, ModelPool(), meter, gpu, metrics)
         if fleet is not None:
             service.keys_fresh = fleet.replica.check_fresh
+            service.gate.fleet = fleet.budgets
         app = create_app(
             service,
             metrics,

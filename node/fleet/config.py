@@ -15,6 +15,7 @@ from node.meter.keys import changed_columns, key_from_row, new_row
 from node.meter.money import cost_from_units, exact_text
 from node.meter.prices import PriceMicro, PricePeriod, to_price
 from node.meter.replica import KEY_FIELDS, ORG_FIELDS, PRICE_FIELDS, ConfigChanges
+from node.meter.spend import day_of
 from node.meter.times import iso, to_datetime
 
 _KEYS = ", ".join(KEY_FIELDS)
@@ -234,17 +235,15 @@ def push_local(conn: Any, local: ConfigChanges) -> int:
 
 # --- reports (CLI --fleet-db) ----------------------------------------------------------------
 
-_SCOPE_COLUMN = {"key": "key_id", "org": "org"}
-
 
 def budget_json(conn: Any, scope: str, name: str, budget: Budget, now_us: int) -> dict[str, Any]:
-    """`budgets.status`'s shape over the fleet: spent is the cost of the rows every node
-    exported in the current period (rows still waiting for export are not in it yet)."""
+    """`budgets.status`'s shape over the fleet, from the totals admission checks: the settled
+    cost of exported rows plus what admitted requests hold until their rows are exported."""
     since, _end = period_bounds(budget.period, now_us)
     (spent,) = conn.execute(
-        f"SELECT coalesce(sum(cost_units), 0) FROM requests WHERE {_SCOPE_COLUMN[scope]} = %s"
-        " AND started >= %s",
-        (name, since),
+        "SELECT coalesce(sum(settled + reserved), 0) FROM budget_spend"
+        " WHERE scope = %s AND name = %s AND day >= %s",
+        (scope, name, 0 if since == 0 else day_of(since)),
     ).fetchone()
     return {
         "amount": exact_text(budget.amount),

@@ -114,6 +114,143 @@ MIGRATIONS: list[tuple[str, str]] = [
             FOR EACH ROW EXECUTE FUNCTION config_changed();
         """,
     ),
+    (
+        "f003_budgets",
+        # Fleet-wide budgets. `budget_spend`: per scope (key or org), name and UTC day
+        # (1 + days since the epoch), the settled cost of exported rows and the maximum cost
+        # reserved by admitted requests not exported yet. `budget_reserve` checks and holds a
+        # request's maximum cost in one call, under a row lock on the key (and org) row, so
+        # nodes admitting together never overrun a budget. The export of a row (the trigger
+        # on `requests`) releases its reservation and settles its real cost, exactly once:
+        # a row the conflict clause drops is not in the transition table.
+        """
+        CREATE TABLE budget_spend (
+            scope text NOT NULL CHECK (scope IN ('key', 'org')),
+            name text NOT NULL,
+            day integer NOT NULL,
+            settled bigint NOT NULL DEFAULT 0,          -- 10^-12 currency
+            reserved bigint NOT NULL DEFAULT 0,
+            PRIMARY KEY (scope, name, day)
+        );
+        CREATE TABLE budget_reservations (
+            request_id text PRIMARY KEY,
+            node_id text NOT NULL,
+            key_id text NOT NULL,
+            org text,
+            day integer NOT NULL,
+            units bigint NOT NULL,
+            created timestamptz NOT NULL DEFAULT now()
+        );
+        INSERT INTO budget_spend (scope, name, day, settled)
+            SELECT 'key', key_id, (started / 86400000000 + 1)::int, sum(cost_units)
+            FROM requests GROUP BY 1, 2, 3
+            UNION ALL
+            SELECT 'org', org, (started / 86400000000 + 1)::int, sum(cost_units)
+            FROM requests WHERE org IS NOT NULL GROUP BY 1, 2, 3;
+
+        CREATE FUNCTION requests_settle() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            WITH released AS (
+                DELETE FROM budget_reservations r USING new_rows n
+                WHERE r.request_id = n.request_id
+                RETURNING r.key_id, r.org, r.day, r.units
+            ), moves (scope, name, day, settled, reserved) AS (
+                SELECT 'key', key_id, day, 0::bigint, -units FROM released
+                UNION ALL
+                SELECT 'org', org, day, 0::bigint, -units FROM released WHERE org IS NOT NULL
+                UNION ALL
+                SELECT 'key', key_id, (started / 86400000000 + 1)::int, cost_units, 0::bigint
+                FROM new_rows
+                UNION ALL
+                SELECT 'org', org, (started / 86400000000 + 1)::int, cost_units, 0::bigint
+                FROM new_rows WHERE org IS NOT NULL
+            )
+            INSERT INTO budget_spend AS s (scope, name, day, settled, reserved)
+            SELECT scope, name, day, sum(settled), sum(reserved) FROM moves
+            GROUP BY 1, 2, 3 ORDER BY 1, 2, 3           -- one lock order everywhere
+            ON CONFLICT (scope, name, day) DO UPDATE
+            SET settled = s.settled + excluded.settled, reserved = s.reserved + excluded.reserved;
+            RETURN NULL;
+        END $$;
+        CREATE TRIGGER requests_settle AFTER INSERT ON requests
+            REFERENCING NEW TABLE AS new_rows
+            FOR EACH STATEMENT EXECUTE FUNCTION requests_settle();
+
+        CREATE FUNCTION budget_reserve(
+            p_request text, p_node text, p_key text, p_org text, p_now bigint, p_units bigint,
+            OUT refused_scope text, OUT refused_name text, OUT budget_micro bigint,
+            OUT budget_period text, OUT settled bigint, OUT key_left bigint, OUT org_left bigint
+        ) LANGUAGE plpgsql AS $$
+        DECLARE
+            v_day integer := (p_now / 86400000000 + 1)::int;
+            v_at timestamp := to_timestamp(p_now / 1000000.0) AT TIME ZONE 'UTC';
+            v_scope text;
+            v_name text;
+            v_micro bigint;
+            v_period text;
+            v_since integer;
+            v_settled bigint;
+            v_reserved bigint;
+            v_left bigint;
+        BEGIN
+            IF EXISTS (SELECT 1 FROM budget_reservations WHERE request_id = p_request) THEN
+                RETURN;                                 -- asked twice: held once
+            END IF;
+            FOR v_scope, v_name IN
+                SELECT * FROM (VALUES ('key', p_key), ('org', p_org)) AS s (scope, name)
+                WHERE name IS NOT NULL
+            LOOP
+                IF v_scope = 'key' THEN
+                    SELECT k.budget_micro, k.budget_period INTO v_micro, v_period
+                    FROM api_keys k WHERE k.id = v_name FOR UPDATE;
+                ELSE
+                    SELECT o.budget_micro, o.budget_period INTO v_micro, v_period
+                    FROM orgs o WHERE o.name = v_name FOR UPDATE;
+                END IF;
+                CONTINUE WHEN v_micro IS NULL OR v_period IS NULL;
+                v_since := CASE WHEN v_period = 'total' THEN 0 ELSE
+                    (extract(epoch FROM date_trunc(v_period, v_at))::bigint / 86400 + 1)::int END;
+                SELECT coalesce(sum(b.settled), 0), coalesce(sum(b.reserved), 0)
+                INTO v_settled, v_reserved
+                FROM budget_spend b
+                WHERE b.scope = v_scope AND b.name = v_name AND b.day >= v_since;
+                v_left := v_micro * 1000000 - v_settled - v_reserved;
+                IF p_units > v_left THEN
+                    refused_scope := v_scope;
+                    refused_name := v_name;
+                    budget_micro := v_micro;
+                    budget_period := v_period;
+                    settled := v_settled;
+                    key_left := NULL;
+                    org_left := NULL;
+                    RETURN;
+                END IF;
+                IF v_scope = 'key' THEN key_left := v_left - p_units;
+                ELSE org_left := v_left - p_units; END IF;
+            END LOOP;
+            INSERT INTO budget_reservations (request_id, node_id, key_id, org, day, units)
+            VALUES (p_request, p_node, p_key, p_org, v_day, p_units);
+            INSERT INTO budget_spend AS b (scope, name, day, reserved)
+            SELECT * FROM (VALUES ('key', p_key, v_day, p_units), ('org', p_org, v_day, p_units))
+                AS m (scope, name, day, units)
+            WHERE name IS NOT NULL ORDER BY 1, 2
+            ON CONFLICT (scope, name, day) DO UPDATE SET reserved = b.reserved + excluded.reserved;
+        END $$;
+
+        CREATE FUNCTION budget_release(p_request text) RETURNS void LANGUAGE plpgsql AS $$
+        BEGIN
+            WITH released AS (
+                DELETE FROM budget_reservations WHERE request_id = p_request
+                RETURNING key_id, org, day, units
+            ), moves (scope, name, day, units) AS (
+                SELECT 'key', key_id, day, units FROM released
+                UNION ALL SELECT 'org', org, day, units FROM released WHERE org IS NOT NULL
+            )
+            UPDATE budget_spend b SET reserved = b.reserved - m.units FROM moves m
+            WHERE b.scope = m.scope AND b.name = m.name AND b.day = m.day;
+        END $$;
+        """,
+    ),
 ]
 
 
