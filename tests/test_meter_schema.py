@@ -33,6 +33,7 @@ def test_fresh_database_is_wal_and_fully_migrated(tmp_path: Path) -> None:
         "m003_requests",
         "m004_controls",
         "m005_export_seq",
+        "m006_cached_prompt_prices",
     ]
     assert {"api_keys", "prices", "requests", "orgs"} <= tables
 

@@ -22,6 +22,11 @@ def prices() -> None:
 @click.option(
     "--completion", required=True, help="Price per 1M completion tokens (up to 6 decimals)."
 )
+@click.option(
+    "--cached",
+    default=None,
+    help="Price per 1M prompt tokens restored from the prompt cache (default: the prompt price).",
+)
 @click.option("--currency", default="PLN", show_default=True, help="ISO 4217 code.")
 @db_option
 @json_option
@@ -30,6 +35,7 @@ def set_price(
     gpu_type: str,
     prompt: str,
     completion: str,
+    cached: str | None,
     currency: str,
     db_path: str,
     as_json: bool,
@@ -41,7 +47,9 @@ def set_price(
             raise click.BadParameter(
                 f"{value!r} is empty or has surrounding spaces", param_hint=name
             )
-    for hint, value in (("--prompt", prompt), ("--completion", completion)):
+    for hint, value in (("--prompt", prompt), ("--completion", completion), ("--cached", cached)):
+        if value is None:
+            continue
         try:
             parse_price(value, what="price")
         except MoneyError as exc:
@@ -51,22 +59,19 @@ def set_price(
     except MoneyError as exc:
         raise click.BadParameter(str(exc), param_hint="--currency") from None
     with open_meter(db_path) as meter:
-        price = meter.set_price(model, gpu_type, prompt, completion, code)
+        price = meter.set_price(model, gpu_type, prompt, completion, code, cached)
     if as_json:
-        echo_json(
-            {
-                "model": price.model,
-                "gpu_type": price.gpu_type,
-                "prompt_per_1m": exact_text(price.prompt_per_1m),
-                "completion_per_1m": exact_text(price.completion_per_1m),
-                "currency": price.currency,
-            }
-        )
+        echo_json(price.to_json())
         return
+    cached_text = (
+        ""
+        if price.cached_per_1m is None
+        else f" ({exact_text(price.cached_per_1m)} {price.currency} if cached)"
+    )
     click.echo(
         f"{price.model} on {price.gpu_type}: {exact_text(price.prompt_per_1m)} {price.currency}"
-        f" per 1M prompt tokens, {exact_text(price.completion_per_1m)} {price.currency}"
-        " per 1M completion tokens, for requests from now on"
+        f" per 1M prompt tokens{cached_text}, {exact_text(price.completion_per_1m)}"
+        f" {price.currency} per 1M completion tokens, for requests from now on"
     )
 
 
@@ -82,7 +87,15 @@ def list_prices(history: bool, db_path: str, as_json: bool) -> None:
     if as_json:
         echo_json(rows)
         return
-    headers = ["model", "gpu type", "prompt / 1M", "completion / 1M", "currency", "since"]
+    headers = [
+        "model",
+        "gpu type",
+        "prompt / 1M",
+        "cached / 1M",
+        "completion / 1M",
+        "currency",
+        "since",
+    ]
     if history:
         headers.append("until")
     echo_table(
@@ -92,6 +105,7 @@ def list_prices(history: bool, db_path: str, as_json: bool) -> None:
                 r["model"],
                 r["gpu_type"],
                 r["prompt_per_1m"],
+                r["cached_per_1m"] or "-",
                 r["completion_per_1m"],
                 r["currency"],
                 r["valid_from"],

@@ -52,6 +52,11 @@ MIGRATIONS: list[tuple[str, str]] = [
         CREATE INDEX requests_key ON requests (key_id, started);
         """,
     ),
+    (
+        "f002_cached_price",
+        # The optional price of prompt tokens restored from the prompt cache (meter m006).
+        "ALTER TABLE requests ADD COLUMN cached_price_micro bigint;",
+    ),
 ]
 
 

@@ -211,3 +211,12 @@ def m005_export_seq(db: Database) -> None:
     db.execute("CREATE UNIQUE INDEX requests_seq ON requests (seq) WHERE seq IS NOT NULL")
     for sql in SEQ_TRIGGERS.values():
         db.execute(sql)
+
+
+@migrations()
+def m006_cached_prompt_prices(db: Database) -> None:
+    """An optional price for prompt tokens restored from the prompt cache, in the price list and
+    copied onto each request row like the other prices (NULL: cached tokens at the prompt price).
+    """
+    db.execute("ALTER TABLE prices ADD COLUMN cached_micro INTEGER")
+    db.execute("ALTER TABLE requests ADD COLUMN cached_price_micro INTEGER")
