@@ -87,6 +87,7 @@ def test_prices_set_and_list(tmp_path: Path) -> None:
         "model": "smollm2-135m",
         "gpu_type": "cpu",
         "prompt_per_1m": "19.78",
+        "cached_per_1m": None,
         "completion_per_1m": "167.66",
         "currency": "PLN",
     }

@@ -119,18 +119,27 @@ def test_key_created_on_b_works_on_a_and_prices_reach_both(nodes: Nodes) -> None
     got = nodes.admin_call(nodes.a, "GET", f"/admin/keys/{made.json()['id']}").json()
     assert got["rpm"] == 50
     put = nodes.admin_call(
-        nodes.b, "PUT", f"/admin/prices/{MODEL}/cpu", json={"prompt": "1.25", "completion": "3"}
+        nodes.b,
+        "PUT",
+        f"/admin/prices/{MODEL}/cpu",
+        json={"prompt": "1.25", "completion": "3", "cached": "0.5"},
     )
     assert put.status_code == 200, put.text
     nodes.a.cli("prices", "set", MODEL, "A100", "--prompt", "7", "--completion", "8",
                 "--fleet-db", nodes.url)  # fmt: skip
-    wanted = {(MODEL, "cpu", "1.25", "3"), (MODEL, "A100", "7", "8")}
+    wanted = {(MODEL, "cpu", "1.25", "0.5", "3"), (MODEL, "A100", "7", None, "8")}
     deadline = time.monotonic() + NOTIFY_BOUND_S
     for node in (nodes.a, nodes.b):
         while True:
             rows = nodes.admin_call(node, "GET", "/admin/prices").json()["data"]
             seen = {
-                (r["model"], r["gpu_type"], r["prompt_per_1m"], r["completion_per_1m"])
+                (
+                    r["model"],
+                    r["gpu_type"],
+                    r["prompt_per_1m"],
+                    r["cached_per_1m"],
+                    r["completion_per_1m"],
+                )
                 for r in rows
             }
             if seen == wanted:

@@ -97,6 +97,7 @@ def test_filters(meter: Meter) -> None:
             "cached_tokens": 0,
             "completion_tokens": 0,
             "cost": "0",
+            "cached_cost": "0",
             "unpriced_requests": 0,
             "no_price": False,
         },

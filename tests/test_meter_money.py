@@ -9,6 +9,7 @@ import pytest
 
 from node.meter import Meter, MoneyError, Usage
 from node.meter.money import (
+    Rates,
     cost_from_units,
     cost_units,
     display_text,
@@ -20,7 +21,7 @@ from tests.meter_support import start
 
 
 def test_seed_example_is_exact() -> None:
-    units = cost_units(18, 16, parse_price("19.78"), parse_price("167.66"))
+    units = cost_units(18, 0, 16, Rates(parse_price("19.78"), parse_price("167.66")))
     cost = cost_from_units(units)
     assert cost == Decimal("0.0030386")
     assert exact_text(cost) == "0.0030386"

@@ -33,7 +33,8 @@ def test_fresh_database_is_wal_and_fully_migrated(tmp_path: Path) -> None:
         "m003_requests",
         "m004_controls",
         "m005_export_seq",
-        "m006_fleet_sync",
+        "m006_cached_prompt_prices",
+        "m007_fleet_sync",
     ]
     assert {"api_keys", "prices", "requests", "orgs"} <= tables
 

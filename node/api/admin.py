@@ -21,7 +21,7 @@ from node.meter import Budget, Filters, Limits, Meter, MixedCurrencies, MoneyErr
 from node.meter.billing import GROUPS
 from node.meter.budgets import parse_budget
 from node.meter.keys import MAX_DAYS
-from node.meter.money import exact_text, parse_currency, parse_price
+from node.meter.money import parse_currency, parse_price
 from node.meter.times import parse_moment
 from node.meter.usage import STATUSES
 
@@ -61,6 +61,11 @@ class PriceBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
     prompt: StrictStr | StrictInt = Field(description="Per 1M prompt tokens, up to 6 decimals.")
     completion: StrictStr | StrictInt = Field(description="Per 1M completion tokens.")
+    cached: StrictStr | StrictInt | None = Field(
+        default=None,
+        description="Per 1M prompt tokens restored from the prompt cache (default: the prompt"
+        " price).",
+    )
     currency: StrictStr = "PLN"
 
 
@@ -165,9 +170,14 @@ async def list_prices(request: Request) -> Response:
 async def set_price(request: Request) -> Response:
     body: PriceBody = await _body(request, PriceBody)
     model, gpu_type = request.path_params["model"], request.path_params["gpu_type"]
-    for param, value in (("prompt", body.prompt), ("completion", body.completion)):
+    for param, value in (
+        ("prompt", body.prompt),
+        ("completion", body.completion),
+        ("cached", body.cached),
+    ):
         try:
-            parse_price(value, what=param)
+            if value is not None:
+                parse_price(value, what=param)
         except MoneyError as exc:
             raise invalid(f"Invalid value for '{param}': {exc}.", param) from None
     try:
@@ -175,17 +185,15 @@ async def set_price(request: Request) -> Response:
     except MoneyError as exc:
         raise invalid(f"Invalid value for 'currency': {exc}.", "currency") from None
     price = await _run(
-        _config(request).set_price, model, gpu_type, body.prompt, body.completion, currency
+        _config(request).set_price,
+        model,
+        gpu_type,
+        body.prompt,
+        body.completion,
+        currency,
+        body.cached,
     )
-    return JSONResponse(
-        {
-            "model": price.model,
-            "gpu_type": price.gpu_type,
-            "prompt_per_1m": exact_text(price.prompt_per_1m),
-            "completion_per_1m": exact_text(price.completion_per_1m),
-            "currency": price.currency,
-        }
-    )
+    return JSONResponse(price.to_json())
 
 
 # --- usage and request rows ------------------------------------------------------------------

@@ -92,7 +92,15 @@ def status(
 
 
 def _write_csv(report: dict[str, Any], group: str) -> None:
-    fields = [group, "requests", "prompt_tokens", "cached_tokens", "completion_tokens", "cost"]
+    fields = [
+        group,
+        "requests",
+        "prompt_tokens",
+        "cached_tokens",
+        "completion_tokens",
+        "cost",
+        "cached_cost",
+    ]
     writer = csv.writer(sys.stdout, lineterminator="\n")
     writer.writerow([*fields, "currency", "no_price"])
     for row in report["rows"]:
@@ -110,16 +118,17 @@ def _print_status(report: dict[str, Any], group: str) -> None:
             sums["cached_tokens"],
             sums["completion_tokens"],
             f"{display_text(Decimal(sums['cost']))} {currency}".rstrip(),
+            f"{display_text(Decimal(sums['cached_cost']))} {currency}".rstrip(),
             "no price" if sums["no_price"] else "",
         ]
 
-    headers = [group, "requests", "prompt", "cached", "completion", "cost", "note"]
+    headers = [group, "requests", "prompt", "cached", "completion", "cost", "of it cached", "note"]
     rows = [line(r[group] if r[group] is not None else "-", r) for r in report["rows"]]
     if any(r.get("budget") for r in report["rows"]):  # grouped by key or org, with budgets
         headers += ["budget", "spent in period", "remaining"]
         for row, data in zip(rows, report["rows"], strict=True):
             row += budget_cells(data.get("budget"))
-    rows.append(line("TOTAL", report["total"]) + [None] * (len(headers) - 7))
+    rows.append(line("TOTAL", report["total"]) + [None] * (len(headers) - 8))
     echo_table(headers, rows)
 
 

@@ -8,7 +8,7 @@ from node.commands.fleet_access import open_fleet
 from node.commands.meter_access import open_meter
 from node.commands.options import db_option, echo_json, echo_table, fleet_db_option, json_option
 from node.meter import MoneyError
-from node.meter.money import exact_text, parse_currency, parse_price
+from node.meter.money import Rates, exact_text, parse_currency, parse_price
 from node.meter.prices import PriceMicro, to_price
 from node.meter.times import now_us
 
@@ -25,6 +25,11 @@ def prices() -> None:
 @click.option(
     "--completion", required=True, help="Price per 1M completion tokens (up to 6 decimals)."
 )
+@click.option(
+    "--cached",
+    default=None,
+    help="Price per 1M prompt tokens restored from the prompt cache (default: the prompt price).",
+)
 @click.option("--currency", default="PLN", show_default=True, help="ISO 4217 code.")
 @db_option
 @fleet_db_option
@@ -34,6 +39,7 @@ def set_price(
     gpu_type: str,
     prompt: str,
     completion: str,
+    cached: str | None,
     currency: str,
     db_path: str,
     fleet_db: str | None,
@@ -47,7 +53,9 @@ def set_price(
             raise click.BadParameter(
                 f"{value!r} is empty or has surrounding spaces", param_hint=name
             )
-    for hint, value in (("--prompt", prompt), ("--completion", completion)):
+    for hint, value in (("--prompt", prompt), ("--completion", completion), ("--cached", cached)):
+        if value is None:
+            continue
         try:
             parse_price(value, what="price")
         except MoneyError as exc:
@@ -59,28 +67,30 @@ def set_price(
     if fleet_db is not None:
         from node.fleet import config
 
-        micro = PriceMicro(parse_price(prompt), parse_price(completion), code)
+        rates = Rates(
+            parse_price(prompt),
+            parse_price(completion),
+            None if cached is None else parse_price(cached),
+        )
+        micro = PriceMicro(rates, code)
         with open_fleet(fleet_db, autocommit=True) as conn:
             config.set_price(conn, model, gpu_type, micro, now_us=now_us())
         price = to_price(model, gpu_type, micro)
     else:
         with open_meter(db_path) as meter:
-            price = meter.set_price(model, gpu_type, prompt, completion, code)
+            price = meter.set_price(model, gpu_type, prompt, completion, code, cached)
     if as_json:
-        echo_json(
-            {
-                "model": price.model,
-                "gpu_type": price.gpu_type,
-                "prompt_per_1m": exact_text(price.prompt_per_1m),
-                "completion_per_1m": exact_text(price.completion_per_1m),
-                "currency": price.currency,
-            }
-        )
+        echo_json(price.to_json())
         return
+    cached_text = (
+        ""
+        if price.cached_per_1m is None
+        else f" ({exact_text(price.cached_per_1m)} {price.currency} if cached)"
+    )
     click.echo(
         f"{price.model} on {price.gpu_type}: {exact_text(price.prompt_per_1m)} {price.currency}"
-        f" per 1M prompt tokens, {exact_text(price.completion_per_1m)} {price.currency}"
-        " per 1M completion tokens, for requests from now on"
+        f" per 1M prompt tokens{cached_text}, {exact_text(price.completion_per_1m)}"
+        f" {price.currency} per 1M completion tokens, for requests from now on"
     )
 
 
@@ -103,7 +113,15 @@ def list_prices(history: bool, db_path: str, fleet_db: str | None, as_json: bool
     if as_json:
         echo_json(rows)
         return
-    headers = ["model", "gpu type", "prompt / 1M", "completion / 1M", "currency", "since"]
+    headers = [
+        "model",
+        "gpu type",
+        "prompt / 1M",
+        "cached / 1M",
+        "completion / 1M",
+        "currency",
+        "since",
+    ]
     if history:
         headers.append("until")
     echo_table(
@@ -113,6 +131,7 @@ def list_prices(history: bool, db_path: str, fleet_db: str | None, as_json: bool
                 r["model"],
                 r["gpu_type"],
                 r["prompt_per_1m"],
+                r["cached_per_1m"] or "-",
                 r["completion_per_1m"],
                 r["currency"],
                 r["valid_from"],

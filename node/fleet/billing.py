@@ -9,7 +9,14 @@ from __future__ import annotations
 from typing import Any
 
 from node.meter.billing import GROUPS as LOCAL_GROUPS
-from node.meter.billing import REQUEST_COLUMNS, Filters, request_json, summarize
+from node.meter.billing import (
+    PRICE_COLUMNS,
+    REQUEST_COLUMNS,
+    TOKEN_SUMS,
+    Filters,
+    request_json,
+    summarize,
+)
 
 _DAY = "to_char(to_timestamp(started / 1000000) AT TIME ZONE 'UTC', 'YYYY-MM-DD')"
 
@@ -32,9 +39,8 @@ def status(conn: Any, filters: Filters, by: str = "key") -> dict[str, Any]:
     name, expr = GROUPS[by]
     where, params = filters.where("%s", "request_id")
     rows = conn.execute(
-        f"SELECT {expr} AS grp, currency, prompt_price_micro, completion_price_micro,"
-        " count(*), sum(prompt_tokens), sum(cached_tokens), sum(completion_tokens)"
-        f" FROM requests{where} GROUP BY 1, 2, 3, 4",
+        f"SELECT {expr} AS grp, currency, {PRICE_COLUMNS}, {TOKEN_SUMS}"
+        f" FROM requests{where} GROUP BY 1, 2, 3, 4, 5",
         params,
     ).fetchall()
     return summarize(rows, name, by)

@@ -12,7 +12,7 @@ from typing import Any
 from node.meter import ApiKey, Budget, Limits
 from node.meter.budgets import budget_of, period_bounds
 from node.meter.keys import changed_columns, key_from_row, new_row
-from node.meter.money import cost_from_units, exact_text
+from node.meter.money import Rates, cost_from_units, exact_text
 from node.meter.prices import PriceMicro, PricePeriod, to_price
 from node.meter.replica import KEY_FIELDS, ORG_FIELDS, PRICE_FIELDS, ConfigChanges
 from node.meter.spend import day_of
@@ -155,10 +155,11 @@ def set_price(conn: Any, model: str, gpu_type: str, price: PriceMicro, *, now_us
             " AND valid_until IS NULL",
             (now_us, model, gpu_type),
         )
+        rates = price.rates
         conn.execute(
-            "INSERT INTO prices (model, gpu_type, prompt_micro, completion_micro, currency,"
-            " valid_from) VALUES (%s, %s, %s, %s, %s, %s)",
-            (model, gpu_type, price.prompt, price.completion, price.currency, now_us),
+            "INSERT INTO prices (model, gpu_type, prompt_micro, completion_micro, cached_micro,"
+            " currency, valid_from) VALUES (%s, %s, %s, %s, %s, %s, %s)",
+            (model, gpu_type, rates.prompt, rates.completion, rates.cached, price.currency, now_us),
         )
 
 
@@ -169,11 +170,11 @@ def list_prices(conn: Any, *, history: bool = False) -> list[PricePeriod]:
     ).fetchall()
     return [
         PricePeriod(
-            price=to_price(model, gpu, PriceMicro(prompt, completion, currency)),
+            price=to_price(model, gpu, PriceMicro(Rates(prompt, completion, cached), currency)),
             valid_from=to_datetime(since),
             valid_until=None if until is None else to_datetime(until),
         )
-        for _id, model, gpu, prompt, completion, currency, since, until in rows
+        for _id, model, gpu, prompt, completion, cached, currency, since, until in rows
     ]
 
 
@@ -226,8 +227,8 @@ def push_local(conn: Any, local: ConfigChanges) -> int:
             if (row[1], row[2].lower()) in known:
                 continue
             added += conn.execute(
-                "INSERT INTO prices (model, gpu_type, prompt_micro, completion_micro, currency,"
-                " valid_from, valid_until) VALUES (%s, %s, %s, %s, %s, %s, %s)",
+                f"INSERT INTO prices ({', '.join(PRICE_FIELDS[1:])})"
+                f" VALUES ({', '.join(['%s'] * (len(PRICE_FIELDS) - 1))})",
                 row[1:],
             ).rowcount
     return added

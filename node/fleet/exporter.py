@@ -33,6 +33,7 @@ _TYPES = {
     "completion_tokens": "bigint",
     "prompt_price_micro": "bigint",
     "completion_price_micro": "bigint",
+    "cached_price_micro": "bigint",
     "cost_units": "bigint",
     "started": "bigint",
     "finished": "bigint",

@@ -53,7 +53,12 @@ MIGRATIONS: list[tuple[str, str]] = [
         """,
     ),
     (
-        "f002_config",
+        "f002_cached_price",
+        # The optional price of prompt tokens restored from the prompt cache (meter m006).
+        "ALTER TABLE requests ADD COLUMN cached_price_micro bigint;",
+    ),
+    (
+        "f003_config",
         # Keys, orgs and prices of the whole fleet. Every change gets the next `version` from
         # one sequence, under one transaction-wide advisory lock taken by the trigger itself,
         # so versions commit in the order they are handed out (whoever writes: a node, the
@@ -89,6 +94,7 @@ MIGRATIONS: list[tuple[str, str]] = [
             gpu_type text NOT NULL,
             prompt_micro bigint NOT NULL CHECK (prompt_micro >= 0),
             completion_micro bigint NOT NULL CHECK (completion_micro >= 0),
+            cached_micro bigint CHECK (cached_micro >= 0),  -- NULL: at the prompt price
             currency text NOT NULL,
             valid_from bigint NOT NULL,
             valid_until bigint,
@@ -115,7 +121,7 @@ MIGRATIONS: list[tuple[str, str]] = [
         """,
     ),
     (
-        "f003_budgets",
+        "f004_budgets",
         # Fleet-wide budgets. `budget_spend`: per scope (key or org), name and UTC day
         # (1 + days since the epoch), the settled cost of exported rows and the maximum cost
         # reserved by admitted requests not exported yet. `budget_reserve` checks and holds a

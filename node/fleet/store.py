@@ -18,7 +18,7 @@ from node.fleet import config
 from node.fleet.connect import connect, psycopg_module, shown
 from node.fleet.replica import Replica
 from node.meter import ApiKey, Budget, Limits, Meter, Price
-from node.meter.money import parse_currency, parse_price
+from node.meter.money import Rates, parse_currency, parse_price
 from node.meter.prices import PriceMicro, to_price
 
 
@@ -102,14 +102,18 @@ class FleetConfig:
         prompt_per_1m: str | Decimal,
         completion_per_1m: str | Decimal,
         currency: str = "PLN",
+        cached_per_1m: str | Decimal | None = None,
     ) -> Price:
         if not model or not gpu_type:
             raise ValueError("model and GPU type must not be empty")
-        price = PriceMicro(
-            parse_price(prompt_per_1m, what="prompt price"),
-            parse_price(completion_per_1m, what="completion price"),
-            parse_currency(currency),
+        rates = Rates(
+            prompt=parse_price(prompt_per_1m, what="prompt price"),
+            completion=parse_price(completion_per_1m, what="completion price"),
+            cached=None
+            if cached_per_1m is None
+            else parse_price(cached_per_1m, what="cached prompt price"),
         )
+        price = PriceMicro(rates, parse_currency(currency))
         now = self._meter.now_us()
         self._write(lambda c: config.set_price(c, model, gpu_type, price, now_us=now))
         return to_price(model, gpu_type, price)

@@ -1,7 +1,8 @@
 """Billing reports from the request rows: status per group with totals, and request listings.
 
 Costs are summed exactly: tokens are summed per distinct price in SQL (small integers), and the
-money is multiplied out in Python integers, so no sum can overflow SQLite's 64-bit integers.
+money is multiplied out in Python integers by the one cost formula (`money.cost_parts`, linear
+in the counts), so no sum can overflow SQLite's 64-bit integers.
 A report spans one currency: rows in several currencies are refused unless `currency` picks
 one (`MixedCurrencies`), because a total across currencies means nothing.
 """
@@ -13,7 +14,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from node.meter.money import cost_from_units, exact_text, price_from_micro
+from node.meter.money import Rates, cost_from_units, cost_parts, exact_text, price_from_micro
 from node.meter.times import iso
 
 # --by choice → (JSON field name, SQL expression)
@@ -24,6 +25,11 @@ GROUPS: dict[str, tuple[str, str]] = {
     "gpu": ("gpu_type", "gpu_type"),
     "day": ("day", "date(started / 1000000, 'unixepoch')"),
 }
+
+
+# The prices a row was billed at, and its token sums, as the reports group and sum them.
+PRICE_COLUMNS = "prompt_price_micro, completion_price_micro, cached_price_micro"
+TOKEN_SUMS = "count(*), sum(prompt_tokens), sum(cached_tokens), sum(completion_tokens)"
 
 
 class MixedCurrencies(ValueError):
@@ -69,6 +75,7 @@ class _Sums:
     cached_tokens: int = 0
     completion_tokens: int = 0
     cost_units: int = 0
+    cached_cost_units: int = 0  # the part of cost_units that cached prompt tokens cost
     unpriced_requests: int = 0
     currencies: set[str] = field(default_factory=set)
 
@@ -78,6 +85,7 @@ class _Sums:
         self.cached_tokens += other.cached_tokens
         self.completion_tokens += other.completion_tokens
         self.cost_units += other.cost_units
+        self.cached_cost_units += other.cached_cost_units
         self.unpriced_requests += other.unpriced_requests
         self.currencies |= other.currencies
 
@@ -88,6 +96,7 @@ class _Sums:
             "cached_tokens": self.cached_tokens,
             "completion_tokens": self.completion_tokens,
             "cost": exact_text(cost_from_units(self.cost_units)),
+            "cached_cost": exact_text(cost_from_units(self.cached_cost_units)),
             "unpriced_requests": self.unpriced_requests,
             "no_price": self.unpriced_requests > 0,
         }
@@ -100,19 +109,18 @@ def status(conn: sqlite3.Connection, filters: Filters, by: str = "key") -> dict[
     name, expr = GROUPS[by]
     where, params = filters.where()
     rows = conn.execute(
-        f"SELECT {expr} AS grp, currency, prompt_price_micro, completion_price_micro,"
-        " count(*), sum(prompt_tokens), sum(cached_tokens), sum(completion_tokens)"
-        f" FROM requests{where} GROUP BY grp, currency, prompt_price_micro, completion_price_micro",
+        f"SELECT {expr} AS grp, currency, {PRICE_COLUMNS}, {TOKEN_SUMS}"
+        f" FROM requests{where} GROUP BY 1, 2, 3, 4, 5",
         params,
     ).fetchall()
     return summarize(rows, name, by)
 
 
 def summarize(rows: Iterable[Sequence[Any]], name: str, by: str) -> dict[str, Any]:
-    """The report from token sums per (group, currency, prompt price, completion price)."""
+    """The report from token sums per (group, currency, prompt, completion, cached price)."""
     groups: dict[Any, _Sums] = {}
     total = _Sums()
-    for grp, currency, prompt_micro, completion_micro, *sums in rows:
+    for grp, currency, prompt_micro, completion_micro, cached_micro, *sums in rows:
         count, prompt, cached, completion = (int(v) for v in sums)  # PostgreSQL: Decimal sums
         part = _Sums(
             requests=count, prompt_tokens=prompt, cached_tokens=cached, completion_tokens=completion
@@ -120,7 +128,11 @@ def summarize(rows: Iterable[Sequence[Any]], name: str, by: str) -> dict[str, An
         if prompt_micro is None:
             part.unpriced_requests = count
         else:
-            part.cost_units = prompt * prompt_micro + completion * completion_micro
+            cost = cost_parts(
+                prompt, cached, completion, Rates(prompt_micro, completion_micro, cached_micro)
+            )
+            part.cost_units = cost.total
+            part.cached_cost_units = cost.cached
             part.currencies.add(currency)
         groups.setdefault(grp, _Sums()).add(part)
         total.add(part)
@@ -142,7 +154,7 @@ def summarize(rows: Iterable[Sequence[Any]], name: str, by: str) -> dict[str, An
 REQUEST_COLUMNS = (
     "id, key_id, org, endpoint, model, quant_type, gpu_type, gpu_name, status, prompt_tokens,"
     " cached_tokens, completion_tokens, cost_units, currency, prompt_price_micro,"
-    " completion_price_micro, user, started, finished"
+    " completion_price_micro, cached_price_micro, user, started, finished"
 )
 
 
@@ -175,6 +187,7 @@ def request_json(row: Sequence[Any]) -> dict[str, Any]:
         currency,
         prompt_micro,
         completion_micro,
+        cached_micro,
         user,
         started,
         finished,
@@ -197,6 +210,7 @@ def request_json(row: Sequence[Any]) -> dict[str, Any]:
         "no_price": prompt_micro is None,
         "prompt_per_1m": _price_text(prompt_micro),
         "completion_per_1m": _price_text(completion_micro),
+        "cached_per_1m": _price_text(cached_micro),
         "user": user,
         "started": iso(started),
         "finished": iso(finished),

@@ -30,6 +30,7 @@ COLUMNS = (
     "completion_tokens",
     "prompt_price_micro",
     "completion_price_micro",
+    "cached_price_micro",
     "currency",
     "cost_units",
     "user",

@@ -16,7 +16,7 @@ from typing import Any
 
 from node.meter.budgets import Budget, budget_of, track
 from node.meter.money import exact_text
-from node.meter.times import US_PER_DAY, US_PER_SECOND, to_datetime
+from node.meter.times import US_PER_DAY, US_PER_SECOND, iso_moment, to_datetime
 
 SECRET_PREFIX = "llmn_"
 KEY_ID_PREFIX = "key_"
@@ -73,18 +73,14 @@ class ApiKey:
             "level": self.level,
             "comment": self.comment,
             "org": self.org,
-            "created": _iso(self.created),
-            "expires": _iso(self.expires),
-            "last_used": _iso(self.last_used),
+            "created": iso_moment(self.created),
+            "expires": iso_moment(self.expires),
+            "last_used": iso_moment(self.last_used),
             **self.limits.to_json(),
             "budget": None
             if self.budget is None
             else {"amount": exact_text(self.budget.amount), "period": self.budget.period},
         }
-
-
-def _iso(moment: datetime | None) -> str | None:
-    return None if moment is None else moment.isoformat().replace("+00:00", "Z")
 
 
 def hash_secret(secret: str) -> str:

@@ -26,7 +26,7 @@ from node.meter.db import MeterUnavailable, Readers, connect, migrate
 from node.meter.dbfile import FileGuard, create_private
 from node.meter.export import ExportState
 from node.meter.keys import ApiKey, Limits
-from node.meter.money import parse_currency, parse_price
+from node.meter.money import Rates, parse_currency, parse_price
 from node.meter.prices import Price, PricePeriod
 from node.meter.replica import ConfigChanges, SyncState
 from node.meter.times import US_PER_SECOND, now_us
@@ -250,12 +250,19 @@ class Meter:
         prompt_per_1m: str | Decimal,
         completion_per_1m: str | Decimal,
         currency: str = "PLN",
+        cached_per_1m: str | Decimal | None = None,
     ) -> Price:
-        """Applies to requests admitted from now on. Raises MoneyError for an inexact price."""
+        """Applies to requests admitted from now on. Raises MoneyError for an inexact price.
+        `cached_per_1m`: the price of cached prompt tokens (None: the prompt price)."""
         if not model or not gpu_type:
             raise ValueError("model and GPU type must not be empty")
-        prompt_micro = parse_price(prompt_per_1m, what="prompt price")
-        completion_micro = parse_price(completion_per_1m, what="completion price")
+        rates = Rates(
+            prompt=parse_price(prompt_per_1m, what="prompt price"),
+            completion=parse_price(completion_per_1m, what="completion price"),
+            cached=None
+            if cached_per_1m is None
+            else parse_price(cached_per_1m, what="cached prompt price"),
+        )
         code = parse_currency(currency)
         self._wait(
             self._writer.submit(
@@ -263,16 +270,13 @@ class Meter:
                     c,
                     model=model,
                     gpu_type=gpu_type,
-                    prompt_micro=prompt_micro,
-                    completion_micro=completion_micro,
+                    rates=rates,
                     currency=code,
                     now_us=self._clock(),
                 )
             )
         )
-        return prices.to_price(
-            model, gpu_type, prices.PriceMicro(prompt_micro, completion_micro, code)
-        )
+        return prices.to_price(model, gpu_type, prices.PriceMicro(rates, code))
 
     def list_prices(self, *, history: bool = False) -> list[PricePeriod]:
         return self._read(lambda c: prices.list_periods(c, history=history))

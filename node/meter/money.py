@@ -8,6 +8,7 @@ integer of 10^-12 currency ("cost units"): tokens x (price_micro x 10^-6) / 10^6
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 
 PRICE_DECIMALS = 6
@@ -53,11 +54,57 @@ def price_from_micro(micro: int) -> Decimal:
     return _plain(Decimal(micro).scaleb(-PRICE_DECIMALS))
 
 
-def cost_units(
-    prompt_tokens: int, completion_tokens: int, prompt_micro: int, completion_micro: int
-) -> int:
+@dataclass(frozen=True)
+class Rates:
+    """A price as stored: integer micro-units per 1M tokens. `cached`: the price of prompt
+    tokens restored from the prompt cache; None bills them at the prompt price."""
+
+    prompt: int
+    completion: int
+    cached: int | None = None
+
+
+@dataclass(frozen=True)
+class CostParts:
+    """A cost split by what was billed, each in 10^-12 currency units."""
+
+    prompt: int  # prompt tokens computed afresh
+    cached: int  # prompt tokens restored from cache
+    completion: int
+
+    @property
+    def total(self) -> int:
+        return self.prompt + self.cached + self.completion
+
+
+def cost_parts(
+    prompt_tokens: int, cached_tokens: int, completion_tokens: int, rates: Rates
+) -> CostParts:
+    """THE cost formula (the meter, billing, budgets and the admin API all come here).
+
+    `prompt_tokens` counts the whole prompt, `cached_tokens` the part of it restored from cache.
+    It is linear in the counts, so applied to sums of rows at one price it gives exactly the sum
+    of their costs.
+    """
+    cached_rate = rates.prompt if rates.cached is None else rates.cached
+    return CostParts(
+        prompt=(prompt_tokens - cached_tokens) * rates.prompt,
+        cached=cached_tokens * cached_rate,
+        completion=completion_tokens * rates.completion,
+    )
+
+
+def cost_units(prompt_tokens: int, cached_tokens: int, completion_tokens: int, rates: Rates) -> int:
     """The exact cost in 10^-12 currency units."""
-    return prompt_tokens * prompt_micro + completion_tokens * completion_micro
+    return cost_parts(prompt_tokens, cached_tokens, completion_tokens, rates).total
+
+
+def max_cost_units(prompt_tokens: int, completion_tokens: int, rates: Rates) -> int:
+    """The most a request can cost before its cached share is known (budget reservations)."""
+    return max(
+        cost_units(prompt_tokens, 0, completion_tokens, rates),
+        cost_units(prompt_tokens, prompt_tokens, completion_tokens, rates),
+    )
 
 
 def cost_from_units(units: int) -> Decimal:

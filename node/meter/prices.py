@@ -13,8 +13,8 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from node.meter.money import exact_text, price_from_micro
-from node.meter.times import to_datetime
+from node.meter.money import Rates, exact_text, price_from_micro
+from node.meter.times import iso_moment, to_datetime
 
 
 @dataclass(frozen=True)
@@ -24,6 +24,17 @@ class Price:
     prompt_per_1m: Decimal
     completion_per_1m: Decimal
     currency: str
+    cached_per_1m: Decimal | None = None  # None: cached prompt tokens at the prompt price
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "gpu_type": self.gpu_type,
+            "prompt_per_1m": exact_text(self.prompt_per_1m),
+            "cached_per_1m": None if self.cached_per_1m is None else exact_text(self.cached_per_1m),
+            "completion_per_1m": exact_text(self.completion_per_1m),
+            "currency": self.currency,
+        }
 
 
 @dataclass(frozen=True)
@@ -36,30 +47,24 @@ class PricePeriod:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "model": self.price.model,
-            "gpu_type": self.price.gpu_type,
-            "prompt_per_1m": exact_text(self.price.prompt_per_1m),
-            "completion_per_1m": exact_text(self.price.completion_per_1m),
-            "currency": self.price.currency,
-            "valid_from": iso_dt(self.valid_from),
-            "valid_until": iso_dt(self.valid_until),
+            **self.price.to_json(),
+            "valid_from": iso_moment(self.valid_from),
+            "valid_until": iso_moment(self.valid_until),
         }
 
 
 @dataclass(frozen=True)
 class PriceMicro:
-    """A price as stored: integer micro-units per 1M tokens."""
+    """A price as stored: integer micro-units per 1M tokens, in a currency."""
 
-    prompt: int
-    completion: int
+    rates: Rates
     currency: str
 
 
-def iso_dt(moment: datetime | None) -> str | None:
-    return None if moment is None else moment.isoformat().replace("+00:00", "Z")
-
-
-_COLUMNS = "model, gpu_type, prompt_micro, completion_micro, currency, valid_from, valid_until"
+_COLUMNS = (
+    "model, gpu_type, prompt_micro, completion_micro, cached_micro, currency,"
+    " valid_from, valid_until"
+)
 
 
 def set_price(
@@ -67,8 +72,7 @@ def set_price(
     *,
     model: str,
     gpu_type: str,
-    prompt_micro: int,
-    completion_micro: int,
+    rates: Rates,
     currency: str,
     now_us: int,
 ) -> None:
@@ -79,18 +83,21 @@ def set_price(
         (now_us, model, gpu_type),
     )
     conn.execute(
-        f"INSERT INTO prices ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, NULL)",
-        (model, gpu_type, prompt_micro, completion_micro, currency, now_us),
+        f"INSERT INTO prices ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, NULL)",
+        (model, gpu_type, rates.prompt, rates.completion, rates.cached, currency, now_us),
     )
 
 
 def current_micro(conn: sqlite3.Connection, model: str, gpu_type: str) -> PriceMicro | None:
     row = conn.execute(
-        "SELECT prompt_micro, completion_micro, currency FROM prices"
+        "SELECT prompt_micro, completion_micro, cached_micro, currency FROM prices"
         " WHERE model = ? AND gpu_type = ? AND valid_until IS NULL",
         (model, gpu_type),
     ).fetchone()
-    return None if row is None else PriceMicro(*row)
+    if row is None:
+        return None
+    prompt, completion, cached, currency = row
+    return PriceMicro(Rates(prompt, completion, cached), currency)
 
 
 def current(conn: sqlite3.Connection, model: str, gpu_type: str) -> Price | None:
@@ -105,9 +112,10 @@ def to_price(model: str, gpu_type: str, micro: PriceMicro) -> Price:
     return Price(
         model=model,
         gpu_type=gpu_type,
-        prompt_per_1m=price_from_micro(micro.prompt),
-        completion_per_1m=price_from_micro(micro.completion),
+        prompt_per_1m=price_from_micro(micro.rates.prompt),
+        completion_per_1m=price_from_micro(micro.rates.completion),
         currency=micro.currency,
+        cached_per_1m=None if micro.rates.cached is None else price_from_micro(micro.rates.cached),
     )
 
 
@@ -120,9 +128,9 @@ def list_periods(conn: sqlite3.Connection, *, history: bool = False) -> list[Pri
 
 
 def _period(row: tuple[Any, ...]) -> PricePeriod:
-    model, gpu_type, prompt_micro, completion_micro, currency, valid_from, valid_until = row
+    model, gpu_type, prompt, completion, cached, currency, valid_from, valid_until = row
     return PricePeriod(
-        price=to_price(model, gpu_type, PriceMicro(prompt_micro, completion_micro, currency)),
+        price=to_price(model, gpu_type, PriceMicro(Rates(prompt, completion, cached), currency)),
         valid_from=to_datetime(valid_from),
         valid_until=None if valid_until is None else to_datetime(valid_until),
     )

@@ -38,6 +38,7 @@ PRICE_FIELDS = (
     "gpu_type",
     "prompt_micro",
     "completion_micro",
+    "cached_micro",
     "currency",
     "valid_from",
     "valid_until",

@@ -214,7 +214,16 @@ def m005_export_seq(db: Database) -> None:
 
 
 @migrations()
-def m006_fleet_sync(db: Database) -> None:
+def m006_cached_prompt_prices(db: Database) -> None:
+    """An optional price for prompt tokens restored from the prompt cache, in the price list and
+    copied onto each request row like the other prices (NULL: cached tokens at the prompt price).
+    """
+    db.execute("ALTER TABLE prices ADD COLUMN cached_micro INTEGER")
+    db.execute("ALTER TABLE requests ADD COLUMN cached_price_micro INTEGER")
+
+
+@migrations()
+def m007_fleet_sync(db: Database) -> None:
     """Fleet mode: how far this node's copy of the fleet's keys, orgs and prices has come.
 
     `version`: the fleet's change counter the local tables reflect; `synced_at`: when the

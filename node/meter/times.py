@@ -30,9 +30,16 @@ def from_datetime(moment: datetime) -> int:
 
 def iso(us: int | None) -> str | None:
     """ISO 8601 UTC with a `Z`; sub-second digits only when there are any."""
-    if us is None:
+    return None if us is None else iso_moment(to_datetime(us))
+
+
+def iso_moment(moment: datetime | None) -> str | None:
+    """The one ISO 8601 form the node writes: UTC with a `Z` (naive means UTC)."""
+    if moment is None:
         return None
-    return to_datetime(us).isoformat().replace("+00:00", "Z")
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 def parse_moment(text: str, *, end_of_day: bool = False) -> int:

@@ -12,7 +12,7 @@ from decimal import Decimal
 
 from node.meter import budgets, prices, spend
 from node.meter.budgets import Budget
-from node.meter.money import cost_from_units, cost_units
+from node.meter.money import Rates, cost_from_units, cost_units, max_cost_units
 
 FINAL_STATUSES = ("ok", "cancelled", "error")
 STATUSES = ("running", *FINAL_STATUSES, "interrupted", "rejected")
@@ -86,19 +86,12 @@ def open_request(
         raise ValueError("request id is empty")
     _check_counts(Usage(start.prompt_tokens, start.cached_tokens, 0))
     existing = conn.execute(
-        "SELECT model, gpu_type, prompt_price_micro, completion_price_micro, currency"
-        " FROM requests WHERE id = ?",
-        (start.id,),
+        "SELECT model, gpu_type FROM requests WHERE id = ?", (start.id,)
     ).fetchone()
     if existing is not None:
-        model, gpu_type, prompt_micro, completion_micro, currency = existing
-        if prompt_micro is None:
-            return Opened(None)
-        return Opened(
-            prices.to_price(
-                model, gpu_type, prices.PriceMicro(prompt_micro, completion_micro, currency)
-            )
-        )
+        model, gpu_type = existing
+        stored = _row_price(conn, start.id)
+        return Opened(None if stored is None else prices.to_price(model, gpu_type, stored))
     price = prices.current_micro(conn, start.model, start.gpu_type)
     reserved = 0
     refusal = None
@@ -111,11 +104,12 @@ def open_request(
             )
     status = "rejected" if refused or refusal is not None else "running"
     running = status == "running"
+    rates = None if price is None else price.rates
     conn.execute(
         "INSERT INTO requests (id, key_id, org, endpoint, model, quant_type, gpu_type, gpu_name,"
-        " started, prompt_price_micro, completion_price_micro, currency, user, prompt_tokens,"
-        " cached_tokens, cost_units, status, reserved_units, finished)"
-        f" VALUES ({', '.join('?' * 19)})",
+        " started, prompt_price_micro, completion_price_micro, cached_price_micro, currency,"
+        " user, prompt_tokens, cached_tokens, cost_units, status, reserved_units, finished)"
+        f" VALUES ({', '.join('?' * 20)})",
         (
             start.id,
             start.key_id,
@@ -126,14 +120,17 @@ def open_request(
             start.gpu_type,
             start.gpu_name,
             now_us,
-            None if price is None else price.prompt,
-            None if price is None else price.completion,
+            None if rates is None else rates.prompt,
+            None if rates is None else rates.completion,
+            None if rates is None else rates.cached,
             None if price is None else price.currency,
             start.user,
             0 if not running else start.prompt_tokens,  # a refused request counts nothing
             0 if not running else start.cached_tokens,
             # billed if interrupted
-            0 if price is None or not running else start.prompt_tokens * price.prompt,
+            0
+            if rates is None or not running
+            else cost_units(start.prompt_tokens, start.cached_tokens, 0, rates),
             status,
             reserved if running else 0,
             None if running else now_us,
@@ -147,10 +144,9 @@ def open_request(
 
 
 def ceiling_units(price: prices.PriceMicro, ceiling: Usage) -> int:
-    """The most a request can cost (its budget reservation), in cost units."""
-    return cost_units(
-        ceiling.prompt_tokens, ceiling.completion_tokens, price.prompt, price.completion
-    )
+    """The most a request can cost (its budget reservation), in cost units: the one formula's
+    `max_cost_units`, here as for the fleet's reservations."""
+    return max_cost_units(ceiling.prompt_tokens, ceiling.completion_tokens, price.rates)
 
 
 def budgets_of(
@@ -175,8 +171,8 @@ def checkpoint(conn: sqlite3.Connection, request_id: str, usage: Usage, *, now_u
     _check_counts(usage)
     cursor = conn.execute(
         "UPDATE requests SET prompt_tokens = ?, cached_tokens = ?, completion_tokens = ?,"
-        f" cost_units = {_COST_SQL}, checkpointed = ? WHERE id = ? AND status = 'running'",
-        (*_counts(usage), usage.prompt_tokens, usage.completion_tokens, now_us, request_id),
+        " cost_units = ?, checkpointed = ? WHERE id = ? AND status = 'running'",
+        (*_counts(usage), _row_cost(conn, request_id, usage), now_us, request_id),
     )
     if cursor.rowcount == 0:
         _require_row(conn, request_id)
@@ -196,9 +192,9 @@ def finish(
     ).fetchone()
     conn.execute(
         "UPDATE requests SET prompt_tokens = ?, cached_tokens = ?, completion_tokens = ?,"
-        f" cost_units = {_COST_SQL}, reserved_units = 0, finished = ?, status = ?"
+        " cost_units = ?, reserved_units = 0, finished = ?, status = ?"
         " WHERE id = ? AND status = 'running'",
-        (*_counts(usage), usage.prompt_tokens, usage.completion_tokens, now_us, status, request_id),
+        (*_counts(usage), _row_cost(conn, request_id, usage), now_us, status, request_id),
     )
     row = conn.execute(
         "SELECT cost_units, currency, prompt_price_micro IS NOT NULL FROM requests WHERE id = ?",
@@ -210,6 +206,25 @@ def finish(
     if before is not None:
         _settle(conn, *before, units)
     return Bill(cost=cost_from_units(units), currency=currency, priced=bool(priced))
+
+
+def _row_price(conn: sqlite3.Connection, request_id: str) -> prices.PriceMicro | None:
+    """The prices copied onto the row at admission (None: unpriced, or no such row)."""
+    row = conn.execute(
+        "SELECT prompt_price_micro, completion_price_micro, cached_price_micro, currency"
+        " FROM requests WHERE id = ?",
+        (request_id,),
+    ).fetchone()
+    if row is None or row[0] is None:
+        return None
+    prompt, completion, cached, currency = row
+    return prices.PriceMicro(Rates(prompt, completion, cached), currency)
+
+
+def _row_cost(conn: sqlite3.Connection, request_id: str, usage: Usage) -> int:
+    """The exact cost of these counts at the row's own prices (unpriced: 0)."""
+    price = _row_price(conn, request_id)
+    return 0 if price is None else cost_units(*_counts(usage), price.rates)
 
 
 def _settle(
@@ -234,10 +249,6 @@ def recover(conn: sqlite3.Connection) -> int:
     ).rowcount
 
 
-# Exact integer cost of the row's own prices (NULL prices: unpriced, cost 0).
-_COST_SQL = "coalesce(? * prompt_price_micro + ? * completion_price_micro, 0)"
-
-
 def _counts(usage: Usage) -> tuple[int, int, int]:
     return usage.prompt_tokens, usage.cached_tokens, usage.completion_tokens
 
@@ -246,6 +257,10 @@ def _check_counts(usage: Usage) -> None:
     for name, value in zip(("prompt", "cached", "completion"), _counts(usage), strict=True):
         if not isinstance(value, int) or value < 0:
             raise ValueError(f"{name} token count {value!r} is not a non-negative integer")
+    if usage.cached_tokens > usage.prompt_tokens:
+        raise ValueError(
+            f"cached token count {usage.cached_tokens} exceeds the prompt's {usage.prompt_tokens}"
+        )
 
 
 def _require_row(conn: sqlite3.Connection, request_id: str) -> None:

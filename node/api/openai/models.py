@@ -33,10 +33,8 @@ def model_card(service: NodeService, info: ModelInfo) -> ModelCard:
         gpu_name=service.gpu.name,
         price=None
         if price is None
-        else ModelPrice(
-            prompt_per_1m=format(price.prompt_per_1m, "f"),
-            completion_per_1m=format(price.completion_per_1m, "f"),
-            currency=price.currency,
+        else ModelPrice.model_validate(
+            {k: v for k, v in price.to_json().items() if k not in ("model", "gpu_type")}
         ),
     )
 

@@ -227,8 +227,9 @@ class EmbeddingList(_Out):
 # -- models ------------------------------------------------------------------------------------
 
 
-class ModelPrice(_Out):
+class ModelPrice(_Sparse):
     prompt_per_1m: str  # exact decimal strings
+    cached_per_1m: str | None = None  # absent: cached prompt tokens at the prompt price
     completion_per_1m: str
     currency: str
 
