@@ -49,7 +49,7 @@ class FleetReservations(Protocol):
 
     def reserve(
         self, start: RequestStart, budgets: list[tuple[str, str, Budget]], units: int, now_us: int
-    ) -> Refusal | None: ...
+    ) -> tuple[bool, Refusal | None]: ...
 
     def release(self, request_id: str) -> None: ...
 
@@ -101,11 +101,11 @@ class Gate:
             budgets, units = self.meter.max_cost(start, ceiling)
             if not budgets or units == 0:  # nothing to hold: no budget, or no price (cost 0)
                 return False, None
-            return True, fleet.reserve(start, budgets, units, self.meter.now_us())
+            return fleet.reserve(start, budgets, units, self.meter.now_us())
 
-        asked, refusal = await asyncio.to_thread(reserve)
+        held, refusal = await asyncio.to_thread(reserve)
         if refusal is None:
-            return asked
+            return held
         await _wait(self.meter.reject(start))
         raise BudgetExceeded(refusal)
 

@@ -27,7 +27,7 @@ def start(key_id: str) -> RequestStart:
     )  # fmt: skip
 
 
-def budgeted_key(url: str, budget: Budget) -> str:
+def budgeted_key(url: str, budget: Budget | None) -> str:
     with connect(url, autocommit=True) as conn:
         migrate(conn)
         key, _secret = config.create_key(
@@ -54,20 +54,23 @@ def test_share_allowance_while_postgres_is_down_then_exact_again(
     sharing = FleetBudgets(fleet_url, "node-s", OfflinePolicy(0.5))
     refusing = FleetBudgets(fleet_url, "node-r", OfflinePolicy(0.0))
     try:
-        assert sharing.reserve(start(key_id), held, UNITS // 5, now_us()) is None  # 0.8 left
+        assert sharing.reserve(start(key_id), held, UNITS // 5, now_us()) == (
+            True,
+            None,
+        )  # 0.8 left
         postgres.stop()
         try:
             # Half of the 0.8 left: 0.3 fits, another 0.2 would pass 0.4.
-            assert sharing.reserve(start(key_id), held, 3 * UNITS // 10, now_us()) is None
-            refusal = sharing.reserve(start(key_id), held, UNITS // 5, now_us())
+            assert sharing.reserve(start(key_id), held, 3 * UNITS // 10, now_us()) == (True, None)
+            _held, refusal = sharing.reserve(start(key_id), held, UNITS // 5, now_us())
             assert refusal is not None and (refusal.scope, refusal.name) == ("key", key_id)
             with pytest.raises(FleetBudgetUnavailable):
                 refusing.reserve(start(key_id), held, 1, now_us())
         finally:
             postgres.start()
         # Back online the fleet's own totals decide: it holds only the 0.2 reserved online.
-        assert sharing.reserve(start(key_id), held, 7 * UNITS // 10, now_us()) is None
-        refusal = sharing.reserve(start(key_id), held, UNITS // 5, now_us())
+        assert sharing.reserve(start(key_id), held, 7 * UNITS // 10, now_us()) == (True, None)
+        _held, refusal = sharing.reserve(start(key_id), held, UNITS // 5, now_us())
         # Held, not settled yet: a reservation may free up, so worth a retry soon.
         assert refusal is not None and refusal.retry_after_s == 1
     finally:
@@ -81,8 +84,17 @@ def test_reservation_is_settled_once_by_the_export_of_its_row(fleet_url: str) ->
     budgets = FleetBudgets(fleet_url, "node-x", OfflinePolicy(0.0))
     request = start(key_id)
     try:
-        assert budgets.reserve(request, [("key", key_id, budget)], UNITS // 2, now_us()) is None
-        assert budgets.reserve(request, [("key", key_id, budget)], UNITS // 2, now_us()) is None
+        for _ in range(2):
+            assert budgets.reserve(request, [("key", key_id, budget)], UNITS // 2, now_us()) == (
+                True,
+                None,
+            )
+        # A key the fleet has no budget for (one only in a node's meter): nothing held there.
+        other = budgeted_key(fleet_url, None)
+        assert budgets.reserve(start(other), [("key", other, budget)], 1, now_us()) == (
+            False,
+            None,
+        )
     finally:
         budgets.close()
     spend = "SELECT sum(settled), sum(reserved) FROM budget_spend WHERE name = %s"

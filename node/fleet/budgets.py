@@ -77,9 +77,11 @@ class FleetBudgets:
 
     def reserve(
         self, start: RequestStart, budgets: list[tuple[str, str, Budget]], units: int, now_us: int
-    ) -> Refusal | None:
-        """Hold `units` against the request's budgets fleet-wide; the refusal, if any.
-        Raises FleetBudgetUnavailable when unreachable and the policy refuses."""
+    ) -> tuple[bool, Refusal | None]:
+        """Hold `units` against the request's budgets fleet-wide: (held, the refusal if any).
+        Not held: the fleet knows no budget of this key or org (one only in the local meter,
+        which then checks it). Raises FleetBudgetUnavailable when unreachable and the policy
+        refuses."""
         psycopg = psycopg_module()
         try:
             row = self._call(
@@ -87,8 +89,8 @@ class FleetBudgets:
                 (start.id, self._node_id, start.key_id, start.org, now_us, units),
             )
         except (psycopg.Error, OSError) as exc:
-            return self._reserve_offline(budgets, units, now_us, exc)
-        scope, name, micro, period, settled, key_left, org_left = row
+            return True, self._reserve_offline(budgets, units, now_us, exc)
+        scope, name, micro, period, settled, key_left, org_left, checked = row
         with self._lock:
             self._offline_base.clear()
             self._offline_held.clear()
@@ -97,10 +99,10 @@ class FleetBudgets:
                     self._left[("key", start.key_id)] = key_left
                 if org_left is not None and start.org is not None:
                     self._left[("org", start.org)] = org_left
-                return None
+                return checked > 0, None
         budget = budget_of(micro, period)
         assert budget is not None
-        return _refusal(scope, name, budget, settled + units <= budget.units, now_us)
+        return True, _refusal(scope, name, budget, settled + units <= budget.units, now_us)
 
     def release(self, request_id: str) -> None:
         """Give back a reservation whose request never opened (best effort: a leftover only

@@ -185,7 +185,8 @@ MIGRATIONS: list[tuple[str, str]] = [
         CREATE FUNCTION budget_reserve(
             p_request text, p_node text, p_key text, p_org text, p_now bigint, p_units bigint,
             OUT refused_scope text, OUT refused_name text, OUT budget_micro bigint,
-            OUT budget_period text, OUT settled bigint, OUT key_left bigint, OUT org_left bigint
+            OUT budget_period text, OUT settled bigint, OUT key_left bigint, OUT org_left bigint,
+            OUT checked integer                         -- budgets found and checked
         ) LANGUAGE plpgsql AS $$
         DECLARE
             v_day integer := (p_now / 86400000000 + 1)::int;
@@ -199,7 +200,9 @@ MIGRATIONS: list[tuple[str, str]] = [
             v_reserved bigint;
             v_left bigint;
         BEGIN
+            checked := 0;
             IF EXISTS (SELECT 1 FROM budget_reservations WHERE request_id = p_request) THEN
+                checked := 1;
                 RETURN;                                 -- asked twice: held once
             END IF;
             FOR v_scope, v_name IN
@@ -214,6 +217,7 @@ MIGRATIONS: list[tuple[str, str]] = [
                     FROM orgs o WHERE o.name = v_name FOR UPDATE;
                 END IF;
                 CONTINUE WHEN v_micro IS NULL OR v_period IS NULL;
+                checked := checked + 1;
                 v_since := CASE WHEN v_period = 'total' THEN 0 ELSE
                     (extract(epoch FROM date_trunc(v_period, v_at))::bigint / 86400 + 1)::int END;
                 SELECT coalesce(sum(b.settled), 0), coalesce(sum(b.reserved), 0)
@@ -234,6 +238,9 @@ MIGRATIONS: list[tuple[str, str]] = [
                 IF v_scope = 'key' THEN key_left := v_left - p_units;
                 ELSE org_left := v_left - p_units; END IF;
             END LOOP;
+            IF checked = 0 THEN
+                RETURN;                                 -- no budget here: nothing to hold
+            END IF;
             INSERT INTO budget_reservations (request_id, node_id, key_id, org, day, units)
             VALUES (p_request, p_node, p_key, p_org, v_day, p_units);
             INSERT INTO budget_spend AS b (scope, name, day, reserved)

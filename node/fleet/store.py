@@ -9,6 +9,7 @@ request here already see it. While the fleet database is away, writes fail with 
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 from decimal import Decimal
 from typing import Any
@@ -20,6 +21,8 @@ from node.fleet.replica import Replica
 from node.meter import ApiKey, Budget, Limits, Meter, Price
 from node.meter.money import Rates, parse_currency, parse_price
 from node.meter.prices import PriceMicro, to_price
+
+log = logging.getLogger(__name__)
 
 
 class FleetWriteFailed(NodeError):
@@ -49,9 +52,11 @@ class FleetConfig:
                 if self._conn is not None:
                     self._conn.close()
                     self._conn = None
+                # No host or error text for the client: the reason goes to the node's log.
+                log.warning("fleet config: write to %s failed: %s", shown(self._url), exc)
                 raise FleetWriteFailed(
-                    f"The fleet database {shown(self._url).split('@')[-1]} did not take the"
-                    " change; nothing was changed. Retry when it is reachable."
+                    "The fleet database did not take the change; nothing was changed."
+                    " Retry when it is reachable."
                 ) from exc
         # Stored in the fleet; should this sync fail, the thread's next one brings it here.
         with contextlib.suppress(Exception):
