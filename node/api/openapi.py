@@ -9,10 +9,13 @@ from pydantic.json_schema import models_json_schema
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+import node.api.anthropic
+import node.api.tokenize  # noqa: F401 - registers its request models
 from node import __version__
 from node.api.admin_openapi import admin_paths, admin_schemas
 from node.api.errors import REQUEST_MODELS
 from node.api.openai.responses import RESPONSE_MODELS
+from node.api.responses.objects import RESPONSE_MODELS as RESPONSES_API_MODELS
 
 _REF = "#/components/schemas/{model}"
 _ERROR = {
@@ -33,6 +36,52 @@ _ERROR = {
         }
     },
 }
+
+
+def _closed(required: list[str], **properties: Any) -> dict[str, Any]:
+    return {"type": "object", "required": required, "properties": properties,
+            "additionalProperties": False}  # fmt: skip
+
+
+_STR, _INT = {"type": "string"}, {"type": "integer"}
+_ANTHROPIC_ERROR = _closed(
+    ["type", "error"],
+    type={"const": "error"},
+    error=_closed(["type", "message"], type=_STR, message=_STR),
+)
+_BLOCK = _closed(
+    ["type"],
+    type={"enum": ["text", "thinking", "tool_use"]},
+    text=_STR,
+    thinking=_STR,
+    signature=_STR,
+    id=_STR,
+    name=_STR,
+    input={"type": "object"},
+)
+_ANTHROPIC_MESSAGE = _closed(
+    ["id", "type", "role", "model", "content", "stop_reason", "stop_sequence", "usage"],
+    id=_STR,
+    type={"const": "message"},
+    role={"const": "assistant"},
+    model=_STR,
+    content={"type": "array", "items": {"$ref": _REF.format(model="AnthropicBlock")}},
+    stop_reason={"enum": ["end_turn", "max_tokens", "stop_sequence", "tool_use"]},
+    stop_sequence={"type": ["string", "null"]},
+    usage=_closed(
+        ["input_tokens", "output_tokens", "cache_read_input_tokens"],
+        input_tokens=_INT,
+        output_tokens=_INT,
+        cache_read_input_tokens=_INT,
+        cache_creation_input_tokens=_INT,
+        cost=_STR,
+        currency=_STR,
+    ),
+)
+_TOKEN_COUNT = _closed(["input_tokens"], input_tokens=_INT)
+_PIECE = _closed(["id", "piece"], id=_INT, piece={"anyOf": [_STR, {"type": "array"}]})
+_TOKENS = _closed(["tokens"], tokens={"type": "array", "items": {"anyOf": [_INT, _PIECE]}})
+_CONTENT = _closed(["content"], content=_STR)
 _EVENT = {
     "type": "object",
     "required": ["data"],
@@ -62,6 +111,7 @@ def _operation(
     auth: bool = True,
     answer: str | None = None,
     stream: bool = False,
+    error: str = "Error",
 ) -> dict[str, Any]:
     """`answer`: the schema of the 200 JSON body; `stream`: it may also be an SSE stream."""
     success: dict[str, Any] = {"description": ok}
@@ -80,7 +130,7 @@ def _operation(
         for status, text in _ERRORS.items():
             op["responses"][status] = {
                 "description": text,
-                "content": {"application/json": {"schema": {"$ref": _REF.format(model="Error")}}},
+                "content": {"application/json": {"schema": {"$ref": _REF.format(model=error)}}},
             }
     return op
 
@@ -88,10 +138,19 @@ def _operation(
 @cache
 def openapi_document() -> dict[str, Any]:
     # Requests and answers from the very models that validate and build them.
-    built = [*REQUEST_MODELS.values(), *RESPONSE_MODELS, *admin_schemas()]
+    built = [*REQUEST_MODELS.values(), *RESPONSE_MODELS, *RESPONSES_API_MODELS, *admin_schemas()]
     models = [(m, "validation") for m in built]
     _, defs = models_json_schema(models, ref_template=_REF)
-    schemas = {**defs.get("$defs", {}), "Error": _ERROR}
+    schemas = {
+        **defs.get("$defs", {}),
+        "Error": _ERROR,
+        "AnthropicError": _ANTHROPIC_ERROR,
+        "AnthropicBlock": _BLOCK,
+        "AnthropicMessage": _ANTHROPIC_MESSAGE,
+        "TokenCount": _TOKEN_COUNT,
+        "Tokens": _TOKENS,
+        "Content": _CONTENT,
+    }
     stream = " With `stream`, Server-Sent Events ending in `data: [DONE]`."
     return {
         "openapi": "3.1.0",
@@ -117,6 +176,47 @@ def openapi_document() -> dict[str, Any]:
                     "A `text_completion` object." + _USAGE_NOTE + stream,
                     answer="TextCompletion",
                     stream=True,
+                )
+            },
+            "/v1/responses": {
+                "post": _operation(
+                    "OpenAI Responses API (stateless)",
+                    "ResponsesRequest",
+                    "A `response` object; `usage` also carries `cost` and `currency` when priced."
+                    " With `stream`, named Server-Sent Events (`response.created` ... "
+                    "`response.completed`).",
+                    answer="ResponseObject",
+                    stream=True,
+                )
+            },
+            "/v1/messages": {
+                "post": _operation(
+                    "Anthropic Messages",
+                    "MessagesRequest",
+                    "A `message`; errors in Anthropic's envelope. With `stream`, Anthropic's "
+                    "named events (`message_start` ... `message_stop`).",
+                    answer="AnthropicMessage",
+                    stream=True,
+                    error="AnthropicError",
+                )
+            },
+            "/v1/messages/count_tokens": {
+                "post": _operation(
+                    "Anthropic token count (free, unmetered)",
+                    "CountTokensRequest",
+                    '`{"input_tokens": N}`',
+                    answer="TokenCount",
+                    error="AnthropicError",
+                )
+            },
+            "/tokenize": {
+                "post": _operation(
+                    "llama-server's tokenize", "TokenizeRequest", "Token ids", answer="Tokens"
+                )
+            },
+            "/detokenize": {
+                "post": _operation(
+                    "llama-server's detokenize", "DetokenizeRequest", "Text", answer="Content"
                 )
             },
             "/v1/embeddings": {

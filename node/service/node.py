@@ -22,6 +22,7 @@ from node.engine.interface import (
     ContextOverflow,
     EmbeddingEngine,
     Embeddings,
+    EngineStats,
     Generation,
     GenerationEngine,
     ModelInfo,
@@ -158,6 +159,10 @@ class NodeService:
     def decode_calls(self) -> int:
         """llama_decode calls of every model so far (0 while loading)."""
         return self.pool.decode_calls()
+
+    def engine_stats(self) -> EngineStats:
+        """The generation engines' counters for /metrics (zeros while loading)."""
+        return self.pool.stats()
 
     def model(self, name: str) -> ModelInfo:
         self.check_ready()
