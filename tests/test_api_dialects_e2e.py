@@ -313,24 +313,24 @@ RESPONSES_CASES = {
         {"model": MODEL, "input": "hi", "max_output_tokens": "x"},
         400,
         "invalid_request_error",
-    ),  # fmt: skip
+    ),
 }
 MESSAGES_CASES = {
     "unknown model": (
         {"model": "nope", "max_tokens": 4, "messages": [{"role": "user", "content": "hi"}]},
         404,
         "not_found_error",
-    ),  # fmt: skip
+    ),
     "over-long prompt": (
         {"model": MODEL, "max_tokens": 4, "messages": [{"role": "user", "content": LONG}]},
         400,
         "invalid_request_error",
-    ),  # fmt: skip
+    ),
     "bad body": (
         {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]},
         400,
         "invalid_request_error",
-    ),  # fmt: skip
+    ),
 }
 
 
