@@ -212,12 +212,16 @@ class ResponsesRequest(_Body):
     top_p: float | None = Field(default=None, ge=0.0, le=1.0)
     user: str | None = Field(default=None, max_length=256)
     metadata: Metadata | None = Field(default=None, description="Echoed in the response.")
+    # Typed wider than the document says, so a refusal can say why (the node is stateless).
     store: bool | None = Field(
-        default=None, description="The node is stateless: true is refused (400)."
+        default=None,
+        description="The node is stateless: true is refused (400).",
+        json_schema_extra={"enum": [False, None]},
     )
     previous_response_id: str | None = Field(
         default=None,
         description="The node is stateless: refused (400); send the whole conversation as input.",
+        json_schema_extra={"enum": [None]},
     )
     stream: bool | None = False
     stream_options: ResponseStreamOptions | None = None
@@ -283,6 +287,8 @@ class ResponsesRequest(_Body):
                 messages.append(
                     {"role": "tool", "tool_call_id": item.call_id, "content": item.text()}
                 )
+        if reasoning:  # reasoning the input ends with: the assistant's turn so far
+            messages.append({"role": "assistant", "reasoning_content": "".join(reasoning)})
         body: dict[str, Any] = {"model": self.model, "messages": messages}
         if self.tools:
             body["tools"] = [
