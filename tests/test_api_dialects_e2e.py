@@ -30,9 +30,12 @@ from tests.api_fixtures import free_port
 from tests.test_api_e2e import LLM_NODE, cli
 
 MODEL = "smollm2-tools"
+THINK = "smollm2-think"  # its template opens <think> in the prompt: the output is reasoning
 CLAUDE = "claude-sonnet-4-5"  # matched by the registry alias "claude-*"
 N_CTX_PER_SEQ = 1024
-TEMPLATE = (Path(__file__).parent / "templates" / "hermes-chatml.jinja").read_text()
+TEMPLATES = Path(__file__).parent / "templates"
+TEMPLATE = (TEMPLATES / "hermes-chatml.jinja").read_text()
+THINK_TEMPLATE = (TEMPLATES / "think-chatml.jinja").read_text()
 SCHEMA = {
     "type": "object",
     "properties": {"city": {"type": "string", "enum": ["Paris", "London", "Tokyo"]}},
@@ -92,7 +95,9 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
     (tmp / "models.toml").write_text(
         f'[[model]]\nid = "{MODEL}"\npath = "{embedded_model_path()}"\n'
         f'n_ctx = {2 * N_CTX_PER_SEQ}\nparallel = 2\nn_threads = 1\nalias = ["claude-*"]\n'
-        f"chat_template = '''{TEMPLATE}'''\n"
+        f"chat_template = '''{TEMPLATE}'''\n\n"
+        f'[[model]]\nid = "{THINK}"\npath = "{embedded_model_path()}"\nn_ctx = 512\n'
+        f"parallel = 1\nn_threads = 1\nchat_template = '''{THINK_TEMPLATE}'''\n"
     )
     port = free_port()
     log = open(tmp / "server.log", "ab")  # noqa: SIM115 - lives as long as the process
@@ -208,6 +213,33 @@ def test_responses_function_call_round_trip(node: Node) -> None:
     assert answer.usage.input_tokens > alone.usage.input_tokens + 10  # the call and result are in
 
 
+def test_responses_reasoning_is_a_reasoning_item_with_its_tokens(node: Node) -> None:
+    kwargs = dict(model=THINK, input="Why is the sky blue?", max_output_tokens=12, **GREEDY)
+    raw = node.openai().responses.with_raw_response.create(**kwargs)
+    response = raw.parse()
+    assert response.output[0].type == "reasoning"
+    reasoning = response.output[0].content[0].text
+    assert reasoning and response.output[0].content[0].type == "reasoning_text"
+    usage = response.usage
+    assert 0 < usage.output_tokens_details.reasoning_tokens <= usage.output_tokens
+    assert usage.output_tokens == node.row(raw.headers["x-request-id"])["completion_tokens"]
+    with node.openai().responses.stream(**kwargs) as stream:
+        deltas = [e.delta for e in stream if e.type == "response.reasoning_text.delta"]
+    assert "".join(deltas) == reasoning
+
+
+def test_responses_json_schema_text_format(node: Node) -> None:
+    schema = {"type": "object", "properties": {"colour": {"type": "string", "maxLength": 12}},
+              "required": ["colour"], "additionalProperties": False}  # fmt: skip
+    response = node.openai().responses.create(
+        model=MODEL, input="Name a colour as JSON.", max_output_tokens=40, **GREEDY,
+        text={"format": {"type": "json_schema", "name": "colour", "schema": schema}},
+    )  # fmt: skip
+    value = json.loads(response.output_text)
+    assert set(value) == {"colour"} and isinstance(value["colour"], str)
+    assert response.text.format.type == "json_schema"
+
+
 def test_responses_refuses_state_it_does_not_keep(node: Node) -> None:
     for field, value in (("store", True), ("previous_response_id", "resp_1")):
         resp = node.post("/v1/responses", {"model": MODEL, "input": "hi", field: value})
@@ -292,6 +324,20 @@ def test_messages_tool_use_and_tool_result_round_trip(node: Node) -> None:
     answer = client.messages.create(messages=history, **kwargs)
     assert answer.stop_reason in ("end_turn", "max_tokens")
     assert all(b.type == "text" for b in answer.content)
+
+
+def test_thinking_blocks_stream_like_the_whole_message(node: Node) -> None:
+    kwargs = dict(model=THINK, max_tokens=12, extra_body=GREEDY,
+                  thinking={"type": "enabled", "budget_tokens": 1024},
+                  messages=[{"role": "user", "content": "Why is the sky blue?"}])  # fmt: skip
+    message = node.anthropic().messages.create(**kwargs)
+    assert message.content[0].type == "thinking" and message.content[0].thinking
+    assert message.stop_reason == "max_tokens"
+    with node.anthropic().messages.stream(**kwargs) as stream:
+        events = list(stream)
+    thinking = [e.delta.thinking for e in events if e.type == "content_block_delta"
+                and e.delta.type == "thinking_delta"]  # fmt: skip
+    assert "".join(thinking) == message.content[0].thinking
 
 
 def test_stop_sequence_is_reported(node: Node) -> None:

@@ -133,6 +133,7 @@ class _Conversation(_Body):
     tools: list[ToolDef] | None = None
     tool_choice: ToolChoice | None = None
     thinking: Thinking | None = None
+    cache_control: CacheControl = Field(default=None, description=_CACHE)
 
     def problem(self) -> tuple[str, str] | None:
         choice = self.tool_choice
