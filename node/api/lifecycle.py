@@ -4,8 +4,10 @@ was generated) when the client goes away.
 
 Everything a client can get wrong is checked before `respond()`; from here on the only failures
 are the engine's or the meter's. A stream's status is 200 from its first byte, so failures after
-it become an `error` event. The dialect's `Renderer` turns events into its objects; the same
-renderer is fed the same events whether the client streams or not, so both answers agree.
+it are said in-band, as the dialect says them (`Renderer.failure`: OpenAI's `error` object, the
+Responses API's `response.failed`, Anthropic's `error` event). The dialect's `Renderer` turns
+events into its objects; the same renderer is fed the same events whether the client streams or
+not, so both answers agree.
 """
 
 from __future__ import annotations

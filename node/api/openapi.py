@@ -126,7 +126,7 @@ def _operation(
             "content": {"application/json": {"schema": {"$ref": _REF.format(model=body)}}},
         }
     if auth:
-        op["security"] = [{"bearer": []}]
+        op["security"] = [{"bearer": []}, {"apiKey": []}]
         for status, text in _ERRORS.items():
             op["responses"][status] = {
                 "description": text,
@@ -157,7 +157,10 @@ def openapi_document() -> dict[str, Any]:
         "info": {"title": "llm-node", "version": __version__},
         "components": {
             "schemas": schemas,
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer"},
+                "apiKey": {"type": "apiKey", "in": "header", "name": "x-api-key"},
+            },
         },
         "paths": {
             "/v1/chat/completions": {

@@ -123,7 +123,8 @@ class NodeService:
         """`Authorization: Bearer <secret>` → the key; the meter knows deletions at once."""
         if not authorization:
             raise AuthenticationFailed(
-                "You didn't provide an API key. Send it as 'Authorization: Bearer <key>'."
+                "You didn't provide an API key. Send it as 'Authorization: Bearer <key>' "
+                "(or 'x-api-key: <key>')."
             )
         scheme, _, secret = authorization.strip().partition(" ")
         secret = secret.strip()
