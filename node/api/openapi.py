@@ -13,6 +13,7 @@ import node.api.anthropic
 import node.api.tokenize  # noqa: F401 - registers its request models
 from node import __version__
 from node.api.admin_openapi import admin_paths, admin_schemas
+from node.api.anthropic.objects import RESPONSE_MODELS as ANTHROPIC_MODELS
 from node.api.errors import REQUEST_MODELS
 from node.api.openai.responses import RESPONSE_MODELS
 from node.api.responses.objects import RESPONSE_MODELS as RESPONSES_API_MODELS
@@ -49,36 +50,6 @@ _ANTHROPIC_ERROR = _closed(
     type={"const": "error"},
     error=_closed(["type", "message"], type=_STR, message=_STR),
 )
-_BLOCK = _closed(
-    ["type"],
-    type={"enum": ["text", "thinking", "tool_use"]},
-    text=_STR,
-    thinking=_STR,
-    signature=_STR,
-    id=_STR,
-    name=_STR,
-    input={"type": "object"},
-)
-_ANTHROPIC_MESSAGE = _closed(
-    ["id", "type", "role", "model", "content", "stop_reason", "stop_sequence", "usage"],
-    id=_STR,
-    type={"const": "message"},
-    role={"const": "assistant"},
-    model=_STR,
-    content={"type": "array", "items": {"$ref": _REF.format(model="AnthropicBlock")}},
-    stop_reason={"enum": ["end_turn", "max_tokens", "stop_sequence", "tool_use"]},
-    stop_sequence={"type": ["string", "null"]},
-    usage=_closed(
-        ["input_tokens", "output_tokens", "cache_read_input_tokens"],
-        input_tokens=_INT,
-        output_tokens=_INT,
-        cache_read_input_tokens=_INT,
-        cache_creation_input_tokens=_INT,
-        cost=_STR,
-        currency=_STR,
-    ),
-)
-_TOKEN_COUNT = _closed(["input_tokens"], input_tokens=_INT)
 _PIECE = _closed(["id", "piece"], id=_INT, piece={"anyOf": [_STR, {"type": "array"}]})
 _TOKENS = _closed(["tokens"], tokens={"type": "array", "items": {"anyOf": [_INT, _PIECE]}})
 _CONTENT = _closed(["content"], content=_STR)
@@ -138,16 +109,14 @@ def _operation(
 @cache
 def openapi_document() -> dict[str, Any]:
     # Requests and answers from the very models that validate and build them.
-    built = [*REQUEST_MODELS.values(), *RESPONSE_MODELS, *RESPONSES_API_MODELS, *admin_schemas()]
+    built = [*REQUEST_MODELS.values(), *RESPONSE_MODELS, *RESPONSES_API_MODELS, *ANTHROPIC_MODELS,
+             *admin_schemas()]  # fmt: skip
     models = [(m, "validation") for m in built]
     _, defs = models_json_schema(models, ref_template=_REF)
     schemas = {
         **defs.get("$defs", {}),
         "Error": _ERROR,
         "AnthropicError": _ANTHROPIC_ERROR,
-        "AnthropicBlock": _BLOCK,
-        "AnthropicMessage": _ANTHROPIC_MESSAGE,
-        "TokenCount": _TOKEN_COUNT,
         "Tokens": _TOKENS,
         "Content": _CONTENT,
     }

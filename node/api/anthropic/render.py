@@ -16,6 +16,7 @@ from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from node.api.anthropic.objects import AnthropicMessage, TokenCount
 from node.api.anthropic.protocol import CountTokensRequest, MessagesRequest, _Conversation
 from node.api.context import request_id_of
 from node.api.envelopes import anthropic_body
@@ -183,20 +184,10 @@ class MessagesRenderer:
     def failure(self, error: ApiError) -> list[StreamItem]:
         return [named_event("error", anthropic_body(error.status, str(error)))]
 
-    def body(self, generation: MeteredGeneration) -> Any:
+    def body(self, generation: MeteredGeneration) -> AnthropicMessage:
         message = self._message(self.blocks, _usage(generation))
         message["stop_reason"], message["stop_sequence"] = self.stop_reason, self.stop_sequence
-        return _Json(message)
-
-
-class _Json:
-    """A ready dict where the lifecycle expects a model (`model_dump`)."""
-
-    def __init__(self, data: dict[str, Any]) -> None:
-        self.data = data
-
-    def model_dump(self, mode: str = "json") -> dict[str, Any]:
-        return self.data
+        return AnthropicMessage.model_validate(message)
 
 
 def _as_chat(conversation: _Conversation, engine: GenerationEngine) -> ChatCompletionRequest:
@@ -244,4 +235,5 @@ async def count_tokens(request: Request) -> Response:
     service, _key = authenticate(request)
     body = CountTokensRequest.model_validate_json(await read_body(request))
     engine = service.generator(body.model)
-    return JSONResponse({"input_tokens": count(service, engine, _as_chat(body, engine))})
+    counted = TokenCount(input_tokens=count(service, engine, _as_chat(body, engine)))
+    return JSONResponse(counted.model_dump(mode="json"))
