@@ -267,6 +267,7 @@ def test_messages_create_with_x_api_key_usage_is_the_meter_row(node: Node) -> No
     assert usage.input_tokens + usage.cache_read_input_tokens == row["prompt_tokens"]
     assert usage.cache_read_input_tokens == row["cached_tokens"]
     assert usage.output_tokens == row["completion_tokens"] <= 24
+    assert Decimal(usage.model_extra["cost"]) == Decimal(row["cost"]) == _priced(row)
 
 
 def test_messages_stream_agrees_with_create_and_the_meter(node: Node) -> None:
