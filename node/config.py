@@ -6,7 +6,7 @@ import importlib.util
 import os
 import tomllib
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -42,7 +42,11 @@ class ModelSpec(BaseModel):
     flash_attn: bool = False
     type_k: KvCacheType | None = None
     type_v: KvCacheType | None = None
-    alias: tuple[str, ...] = ()
+    # Other names clients may send; `*` matches any characters ("claude-*": Claude Code's
+    # model names), tried after every exact name.
+    alias: tuple[
+        Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9*][A-Za-z0-9._:/*-]*$")], ...
+    ] = ()
 
     @field_validator("tool_format")
     @classmethod

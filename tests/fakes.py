@@ -20,6 +20,7 @@ from node.engine.interface import (
     ContextOverflow,
     Embeddings,
     EngineBusy,
+    EngineStats,
     Finished,
     GenerationEvent,
     ModelInfo,
@@ -133,8 +134,14 @@ class FakeEngine:
             raise ValueError("the template cannot render this")
         return " ".join(f"<{m.role}> {m.content}" for m in messages) + " <assistant>"
 
-    def tokenize(self, text: str) -> list[int]:
+    def tokenize(self, text: str, add_special: bool = True) -> list[int]:
         return [len(word) for word in text.split()]
+
+    def piece(self, token: int, special: bool = True) -> bytes:
+        return b"x" * token
+
+    def detokenize(self, tokens: Sequence[int], special: bool = True) -> str:
+        return " ".join("x" * t for t in tokens)
 
     def check_fits(self, n_prompt_tokens: int, max_tokens: int | None) -> None:
         if n_prompt_tokens + (max_tokens or 1) > self.info.n_ctx_per_seq:
@@ -240,6 +247,9 @@ class FakePool:
 
     def decode_calls(self) -> int:
         return sum(e.decode_calls for e in self.engines)
+
+    def stats(self) -> EngineStats:
+        return EngineStats(decode_calls=self.decode_calls())
 
     def close(self) -> None:
         pass

@@ -43,8 +43,10 @@ MAX_TOKENS = 4
 # prompt inside N_CTX (embeddings: inside the embedding model's 512).
 N_CTX = 4096
 # Cases per operation; the generation routes get the most (they reach the engine).
-POSITIVE = {"/v1/chat/completions": 150, "/v1/completions": 60, "/v1/embeddings": 30}
-NEGATIVE = {"/v1/chat/completions": 100, "/v1/completions": 50, "/v1/embeddings": 30}
+POSITIVE = {"/v1/chat/completions": 150, "/v1/completions": 60, "/v1/embeddings": 30,
+            "/v1/responses": 40, "/v1/messages": 40, "/v1/messages/count_tokens": 20}  # fmt: skip
+NEGATIVE = {"/v1/chat/completions": 100, "/v1/completions": 50, "/v1/embeddings": 30,
+            "/v1/responses": 40, "/v1/messages": 40, "/v1/messages/count_tokens": 20}  # fmt: skip
 OTHER = 10  # each GET route, both modes
 GOOD_SCHEMAS = [
     {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]},
@@ -94,6 +96,10 @@ def _pin_models(doc: dict[str, Any]) -> dict[str, Any]:
     for name in ("ChatCompletionRequest", "CompletionRequest"):
         schemas[name]["properties"]["model"] = {"const": CHAT_ID}
     schemas["EmbeddingRequest"]["properties"]["model"] = {"const": EMBED_ID}
+    for name in ("ResponsesRequest", "MessagesRequest", "CountTokensRequest"):
+        schemas[name]["properties"]["model"] = {"const": CHAT_ID}
+    for name in ("TokenizeRequest", "DetokenizeRequest"):
+        schemas[name]["properties"]["model"] = {"enum": [CHAT_ID, None]}
     return doc
 
 
@@ -158,6 +164,49 @@ def _pin_agent_fields(schemas: dict[str, Any]) -> None:
                 alt["maxItems"] = 50
 
 
+def _pin_dialects(schemas: dict[str, Any]) -> None:
+    """The Responses, Messages and tokenize requests, narrowed like chat: few short items, at
+    most MAX_TOKENS, only tools the grammar takes, no tool results that answer no call."""
+    limit = {"type": "integer", "minimum": 1, "maximum": MAX_TOKENS}
+    responses = schemas["ResponsesRequest"]["properties"]
+    responses["max_output_tokens"] = limit
+    schemas["ResponsesRequest"].setdefault("required", []).append("max_output_tokens")
+    _short(responses["input"], 60, items=3)
+    items = responses["input"]["oneOf"][1]["items"]
+    items["oneOf"] = [i for i in items["oneOf"] if "Function" not in i["$ref"]]
+    responses["instructions"] = {"anyOf": [{"type": "string", "maxLength": 60}, _NULL]}
+    tools = [{"type": "function", **t["function"]} for t in GOOD_TOOLS]
+    responses["tools"] = {"anyOf": [{"type": "array", "items": {"enum": tools}, "maxItems": 2,
+                                     "uniqueItems": True}, _NULL]}  # fmt: skip
+    responses["tool_choice"] = {"enum": ["none", "auto", None]}
+    schemas["TextFormatJsonSchema"]["properties"]["schema"] = {"enum": GOOD_SCHEMAS}
+    for name in ("MessageItem", "FunctionCallOutputItem"):
+        _short(schemas[name]["properties"].get("content", {}), 60, items=3)
+    for name in ("InputText", "OutputText", "SummaryText", "ReasoningText", "TextBlock"):
+        schemas[name]["properties"]["text"]["maxLength"] = 60
+    schemas["ThinkingBlock"]["properties"]["thinking"]["maxLength"] = 60
+    anthropic_tools = [{"name": t["function"]["name"], "input_schema": GOOD_SCHEMAS[0]}
+                       for t in GOOD_TOOLS]  # fmt: skip
+    for name in ("MessagesRequest", "CountTokensRequest"):
+        props = schemas[name]["properties"]
+        props["messages"]["maxItems"] = 4
+        props["tools"] = {"anyOf": [{"type": "array", "items": {"enum": anthropic_tools},
+                                     "maxItems": 2, "uniqueItems": True}, _NULL]}  # fmt: skip
+        props["tool_choice"] = _NULL
+        _short(props["system"], 60, items=2)
+    content = schemas["InputMessage"]["properties"]["content"]
+    _short(content, 60, items=3)
+    blocks = content["oneOf"][1]["items"]
+    blocks["oneOf"] = [b for b in blocks["oneOf"] if "Tool" not in b["$ref"]]
+    messages = schemas["MessagesRequest"]["properties"]
+    messages["max_tokens"] = limit
+    _short(messages["stop_sequences"], 20)
+    schemas["TokenizeRequest"]["properties"]["content"]["maxLength"] = 200
+    detokenize = schemas["DetokenizeRequest"]["properties"]["tokens"]
+    detokenize["items"]["maximum"] = 49151
+    detokenize["maxItems"] = 50
+
+
 def pinned(doc: dict[str, Any]) -> dict[str, Any]:
     """The positive document: the node's own, narrowed as the module docstring says."""
     doc = _pin_models(doc)
@@ -183,6 +232,7 @@ def pinned(doc: dict[str, Any]) -> dict[str, Any]:
     _short(embed["input"], 100)
     embed["dimensions"] = {"anyOf": [{"const": N_EMBD}, {"type": "null"}]}
     _pin_agent_fields(schemas)
+    _pin_dialects(schemas)
     one_model = doc["paths"]["/v1/models/{model_id}"]["get"]["parameters"][0]
     one_model["schema"] = {"enum": [CHAT_ID, EMBED_ID]}
     return doc
@@ -213,6 +263,9 @@ def _fuzz(
         body = case.body
         limits = {"max_tokens", "max_completion_tokens"}
         generates = operation.path in ("/v1/chat/completions", "/v1/completions")
+        responses = operation.path == "/v1/responses" and isinstance(body, dict)
+        if responses and body.get("max_output_tokens") is None:
+            body["max_output_tokens"] = MAX_TOKENS  # as below: a null limit is never the flaw
         if generates and isinstance(body, dict) and all(body.get(k) is None for k in limits):
             # A negative case whose flaw lies elsewhere (or one that turned out valid) must not
             # generate a whole context: an absent or null limit (both valid) cannot be the

@@ -12,13 +12,15 @@ from starlette.exceptions import HTTPException
 from starlette.routing import Route
 from starlette.types import ASGIApp
 
-from node.api import admin, health, metrics, openapi
+from node.api import admin, health, metrics, openapi, tokenize
+from node.api.anthropic import ROUTES as ANTHROPIC_ROUTES
 from node.api.auth import AuthMiddleware
 from node.api.context import RequestContext
 from node.api.errors import handle_api_error, handle_http_exception
 from node.api.metrics import NodeMetrics
 from node.api.openai import ROUTES as OPENAI_ROUTES
 from node.api.quota import handle_quota_error
+from node.api.responses import ROUTES as RESPONSES_ROUTES
 from node.errors import NodeError
 from node.fleet.status import ExportStatus
 from node.service import BudgetExceeded, NodeService, RateLimited
@@ -27,6 +29,10 @@ DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
 
 ROUTES = [
     *OPENAI_ROUTES,
+    *RESPONSES_ROUTES,
+    *ANTHROPIC_ROUTES,
+    Route("/tokenize", tokenize.tokenize, methods=["POST"]),
+    Route("/detokenize", tokenize.detokenize, methods=["POST"]),
     Route("/health", health.health, methods=["GET"]),
     Route("/metrics", metrics.metrics, methods=["GET"]),
     Route("/openapi.json", openapi.openapi, methods=["GET"]),
@@ -74,6 +80,7 @@ def create_app(
     app.state.service = service
     app.state.metrics = node_metrics
     node_metrics.count_decodes(service.decode_calls)
+    node_metrics.watch_engines(service.engine_stats)
     app.state.fleet = fleet
     app.state.config = config
     if fleet is not None:

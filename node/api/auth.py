@@ -52,7 +52,7 @@ class AuthMiddleware:
         try:
             key = await loop.run_in_executor(self._pool, self.service.authenticate, authorization)
         except Exception as exc:  # 401; the meter unreadable (file gone): 503
-            await _answer(send, to_api_error(exc), {})
+            await _answer(send, to_api_error(exc), {}, scope["path"])
             return
         limited = bool(key.limits)
         if _is_admin(scope["path"]) and key.level != "ADMIN":
@@ -62,7 +62,9 @@ class AuthMiddleware:
                 type="permission_error",
                 code="insufficient_permissions",
             )
-            await _answer(send, error, self.service.rate_headers(key) if limited else {})
+            await _answer(
+                send, error, self.service.rate_headers(key) if limited else {}, scope["path"]
+            )
             return
         scope["state"] = {**scope.get("state", {}), "api_key": key}
         if not limited:
@@ -90,8 +92,8 @@ def _is_admin(path: str) -> bool:
     return path == ADMIN_PREFIX or path.startswith(ADMIN_PREFIX + "/")
 
 
-async def _answer(send: Send, error: ApiError, extra: dict[str, str]) -> None:
-    body = json.dumps(error.body()).encode()
+async def _answer(send: Send, error: ApiError, extra: dict[str, str], path: str) -> None:
+    body = json.dumps(error.body(path)).encode()
     headers = [
         (b"content-type", b"application/json"),
         (b"content-length", str(len(body)).encode()),

@@ -57,7 +57,7 @@ class RequestContext:
         except _ClientGone:
             return
         except ApiError as error:
-            await self._answer(send_with_id, error)
+            await self._answer(send_with_id, error, scope["path"])
             return
 
         replayed = False
@@ -78,7 +78,7 @@ class RequestContext:
             if not started:
                 log.error("unhandled error", exc_info=exc)
                 error = ApiError(500, "Internal server error.", type="server_error")
-                await self._answer(send_with_id, error)
+                await self._answer(send_with_id, error, scope["path"])
 
     async def _read_body(self, scope: Scope, receive: Receive) -> bytes:
         """The whole body, refused as soon as it is known to exceed the limit.
@@ -120,8 +120,8 @@ class RequestContext:
         )
 
     @staticmethod
-    async def _answer(send: Send, error: ApiError) -> None:
-        body = json.dumps(error.body()).encode()
+    async def _answer(send: Send, error: ApiError, path: str) -> None:
+        body = json.dumps(error.body(path)).encode()
         headers = [
             (b"content-type", b"application/json"),
             (b"content-length", str(len(body)).encode()),

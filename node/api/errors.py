@@ -15,6 +15,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from node.api.envelopes import envelope
 from node.engine.interface import ContextOverflow
 from node.errors import NodeError
 
@@ -53,11 +54,12 @@ class ApiError(NodeError):
     def extra(self) -> dict[str, Any]:
         return self._extra
 
-    def body(self) -> dict[str, Any]:
-        return body_of(self)
+    def body(self, path: str = "") -> dict[str, Any]:
+        """The error as the dialect of `path` shapes it (`node.api.envelopes`)."""
+        return envelope(path, self.status, self.client_message(), body_of(self))
 
-    def response(self) -> JSONResponse:
-        return JSONResponse(self.body(), status_code=self.status, headers=self.headers())
+    def response(self, path: str = "") -> JSONResponse:
+        return JSONResponse(self.body(path), status_code=self.status, headers=self.headers())
 
 
 def body_of(exc: NodeError) -> dict[str, Any]:
@@ -184,11 +186,11 @@ def to_api_error(exc: Exception) -> ApiError:
     )
 
 
-async def handle_api_error(_request: Request, exc: Exception) -> Response:
-    return to_api_error(exc).response()
+async def handle_api_error(request: Request, exc: Exception) -> Response:
+    return to_api_error(exc).response(request.url.path)
 
 
-async def handle_http_exception(_request: Request, exc: Exception) -> Response:
+async def handle_http_exception(request: Request, exc: Exception) -> Response:
     """Starlette's 404/405 for unknown routes and methods, in the OpenAI shape."""
     assert isinstance(exc, HTTPException)
     if exc.status_code == 404:
@@ -199,4 +201,4 @@ async def handle_http_exception(_request: Request, exc: Exception) -> Response:
         error = ApiError(exc.status_code, str(exc.detail))
     headers = dict(exc.headers or {})
     headers.update(error.headers())
-    return JSONResponse(error.body(), status_code=error.status, headers=headers)
+    return JSONResponse(error.body(request.url.path), status_code=error.status, headers=headers)

@@ -4,8 +4,10 @@ was generated) when the client goes away.
 
 Everything a client can get wrong is checked before `respond()`; from here on the only failures
 are the engine's or the meter's. A stream's status is 200 from its first byte, so failures after
-it become an `error` event. The dialect's `Renderer` turns events into its objects; the same
-renderer is fed the same events whether the client streams or not, so both answers agree.
+it are said in-band, as the dialect says them (`Renderer.failure`: OpenAI's `error` object, the
+Responses API's `response.failed`, Anthropic's `error` event). The dialect's `Renderer` turns
+events into its objects; the same renderer is fed the same events whether the client streams or
+not, so both answers agree.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from typing import Any, Protocol
 
 import anyio
 from pydantic import BaseModel
-from sse_starlette import EventSourceResponse
+from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
@@ -45,19 +47,39 @@ PING_S = 15
 log = logging.getLogger("node.api")
 
 
+# What a renderer streams: a `data:` line of JSON, or a named SSE event (Responses, Anthropic).
+StreamItem = BaseModel | dict[str, Any] | ServerSentEvent
+
+
 class Renderer(Protocol):
     """One dialect's view of one request. Each method returns the stream objects to send now
-    (ignored when the client does not stream); `body()` is the whole non-streamed answer."""
+    (ignored when the client does not stream); `body()` is the whole non-streamed answer.
+    `failure()` is how the dialect says in-band that a started stream failed, `done` the data
+    line that ends a stream (OpenAI's `[DONE]`; None: nothing)."""
 
-    def opening(self) -> list[BaseModel]: ...
+    done: str | None
 
-    def delta(self, index: int, delta: TextDelta) -> list[BaseModel]: ...
+    def opening(self) -> list[StreamItem]: ...
 
-    def finished(self, index: int, finished: Finished) -> list[BaseModel]: ...
+    def delta(self, index: int, delta: TextDelta) -> list[StreamItem]: ...
 
-    def closing(self, generation: MeteredGeneration) -> list[BaseModel]: ...
+    def finished(self, index: int, finished: Finished) -> list[StreamItem]: ...
+
+    def closing(self, generation: MeteredGeneration) -> list[StreamItem]: ...
+
+    def failure(self, error: ApiError) -> list[StreamItem]: ...
 
     def body(self, generation: MeteredGeneration) -> BaseModel: ...
+
+
+class OpenAIStreamEnd:
+    """Chat and completions streams: an error is a bare `{"error": ...}` event, then nothing;
+    a complete stream ends with `data: [DONE]`."""
+
+    done: str | None = "[DONE]"
+
+    def failure(self, error: ApiError) -> list[StreamItem]:
+        return [error.body()]
 
 
 @dataclass(frozen=True)
@@ -76,9 +98,18 @@ def created_now() -> int:
     return int(time.time())
 
 
-def _event(item: BaseModel | dict[str, Any]) -> str:
+def _event(item: StreamItem) -> str | ServerSentEvent:
+    if isinstance(item, ServerSentEvent):
+        return item
     data = item.model_dump(mode="json") if isinstance(item, BaseModel) else item
     return json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+
+
+def named_event(name: str, data: BaseModel | dict[str, Any]) -> ServerSentEvent:
+    """`event: <name>` with its JSON `data:` line."""
+    payload = data.model_dump(mode="json") if isinstance(data, BaseModel) else data
+    text = json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
+    return ServerSentEvent(data=text, event=name)
 
 
 def client_reason(finished: Finished) -> str:
@@ -133,7 +164,9 @@ def _rejected_param(engine: GenerationEngine, params: SamplingParams) -> str | N
     return None
 
 
-async def _stream(generation: MeteredGeneration, renderer: Renderer) -> AsyncIterator[str]:
+async def _stream(
+    generation: MeteredGeneration, renderer: Renderer
+) -> AsyncIterator[str | ServerSentEvent]:
     try:
         for item in renderer.opening():
             yield _event(item)
@@ -143,20 +176,25 @@ async def _stream(generation: MeteredGeneration, renderer: Renderer) -> AsyncIte
                     yield _event(item)
                 continue
             if event.reason == "error":
-                yield _event(engine_failure(event).body())
+                for item in renderer.failure(engine_failure(event)):
+                    yield _event(item)
                 return
             for item in renderer.finished(index, event):
                 yield _event(item)
         for item in renderer.closing(generation):
             yield _event(item)
-        yield "[DONE]"
+        if renderer.done is not None:
+            yield renderer.done
     except MeterUnavailable as exc:
-        yield _event(to_api_error(exc).body())
+        for item in renderer.failure(to_api_error(exc)):
+            yield _event(item)
     except Exception as exc:  # an engine bug: the status is already 200, so say it in-band
         log.error("generation %s failed", generation.request_id, exc_info=exc)
         await generation.aclose(status="error")
-        yield _event(ApiError(500, "The server had an error while generating.",
-                              type="server_error", code="engine_error").body())  # fmt: skip
+        error = ApiError(500, "The server had an error while generating.", type="server_error",
+                         code="engine_error")  # fmt: skip
+        for item in renderer.failure(error):
+            yield _event(item)
     finally:
         # The client may be gone (CancelledError): still meter what was generated.
         with anyio.CancelScope(shield=True):

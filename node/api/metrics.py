@@ -3,7 +3,11 @@ work, plus per-model / per-key token counters and latency histograms.
 
 Each app has its own `CollectorRegistry` (several apps may live in one test process).
 `llamacpp:n_decode_total` is read from the engines when scraped: their `llama_decode` calls, one
-per batched step however many sequences it carries. Approximations, documented:
+per batched step however many sequences it carries; so are `n_busy_slots_per_decode`,
+`n_tokens_max` and the KV cache gauges. `llamacpp:prompt_tokens_total` counts the prompt tokens
+actually decoded, as llama-server does; the ones reused from the KV cache are
+`llamacpp:prompt_tokens_cached_total`. Every dialect's requests are counted per endpoint
+(`chat.completions`, `completions`, `embeddings`, `responses`, `messages`). Approximations:
 `llamacpp:requests_deferred` counts admitted requests that have not produced a token yet
 (queued or in prompt processing), and prompt time is the time to the first token.
 """
@@ -20,7 +24,7 @@ from prometheus_client.registry import Collector
 from starlette.requests import Request
 from starlette.responses import Response
 
-from node.engine.interface import TokenCounts
+from node.engine.interface import EngineStats, TokenCounts
 from node.fleet.status import ExportStatus
 
 _LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
@@ -35,6 +39,11 @@ class NodeMetrics:
         self.prompt_tokens = Counter(
             "llamacpp:prompt_tokens", "Number of prompt tokens processed.", registry=r
         )
+        self.prompt_cached = Counter(
+            "llamacpp:prompt_tokens_cached",
+            "Number of prompt tokens reused from the KV cache (not processed).",
+            registry=r,
+        )
         self.prompt_seconds = Counter("llamacpp:prompt_seconds", "Prompt process time.", registry=r)
         self.tokens_predicted = Counter(
             "llamacpp:tokens_predicted", "Number of generation tokens processed.", registry=r
@@ -44,6 +53,8 @@ class NodeMetrics:
         )
         self._decodes = _DecodeCalls()
         r.register(self._decodes)
+        self._engines = _EngineGauges()
+        r.register(self._engines)
         self.prompt_tps = Gauge(
             "llamacpp:prompt_tokens_seconds", "Average prompt throughput in tokens/s.", registry=r
         )
@@ -80,6 +91,18 @@ class NodeMetrics:
             ["model", "endpoint", "status"],
             registry=r,
         )
+        self.endpoint_prompt = Counter(
+            "llm_node_endpoint_prompt_tokens",
+            "Prompt tokens by model and endpoint (each API dialect is its own endpoint).",
+            ["model", "endpoint"],
+            registry=r,
+        )
+        self.endpoint_completion = Counter(
+            "llm_node_endpoint_completion_tokens",
+            "Completion tokens by model and endpoint.",
+            ["model", "endpoint"],
+            registry=r,
+        )
         self.ttft = Histogram(
             "llm_node_time_to_first_token_seconds",
             "Time from admission to the first completion text.",
@@ -107,6 +130,10 @@ class NodeMetrics:
         """Where `llamacpp:n_decode_total` comes from: the engines' llama_decode calls."""
         self._decodes.source = source
 
+    def watch_engines(self, source: Callable[[], EngineStats]) -> None:
+        """Where the slot and KV cache gauges come from."""
+        self._engines.source = source
+
     # UsageObserver ---------------------------------------------------------------------------
 
     def started(self, model: str) -> None:
@@ -131,7 +158,10 @@ class NodeMetrics:
         if endpoint == "embeddings" or prefill_seconds is None:
             self.deferred.dec()  # never produced text
         self.processing.dec()
-        self.prompt_tokens.inc(counts.prompt_tokens)
+        self.prompt_tokens.inc(counts.prompt_tokens - counts.cached_tokens)
+        self.prompt_cached.inc(counts.cached_tokens)
+        self.endpoint_prompt.labels(model, endpoint).inc(counts.prompt_tokens)
+        self.endpoint_completion.labels(model, endpoint).inc(counts.completion_tokens)
         self.tokens_predicted.inc(counts.completion_tokens)
         prefill = prefill_seconds if prefill_seconds is not None else seconds
         decode = max(seconds - prefill, 0.0) if counts.completion_tokens else 0.0
@@ -167,6 +197,34 @@ class _DecodeCalls(Collector):
     def collect(self) -> Iterator[Metric]:
         yield CounterMetricFamily(
             "llamacpp:n_decode", "Number of llama_decode() calls.", value=self.source()
+        )
+
+
+class _EngineGauges(Collector):
+    """llama-server's slot and KV cache metrics, read from `source` at every scrape."""
+
+    def __init__(self) -> None:
+        self.source: Callable[[], EngineStats] = EngineStats
+
+    def collect(self) -> Iterator[Metric]:
+        s = self.source()
+        per_decode = s.busy_slot_decodes / s.decode_calls if s.decode_calls else 0.0
+        yield GaugeMetricFamily(
+            "llamacpp:n_busy_slots_per_decode",
+            "Average number of busy slots per llama_decode() call.",
+            value=per_decode,
+        )
+        yield GaugeMetricFamily(
+            "llamacpp:n_tokens_max", "Largest observed n_tokens.", value=s.n_tokens_max
+        )
+        yield GaugeMetricFamily(
+            "llamacpp:kv_cache_tokens", "KV-cache tokens (every slot).", value=s.kv_tokens
+        )
+        ratio = s.kv_tokens / s.kv_capacity if s.kv_capacity else 0.0
+        yield GaugeMetricFamily(
+            "llamacpp:kv_cache_usage_ratio",
+            "KV-cache usage. 1 means 100 percent usage.",
+            value=ratio,
         )
 
 

@@ -9,10 +9,14 @@ from pydantic.json_schema import models_json_schema
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+import node.api.anthropic
+import node.api.tokenize  # noqa: F401 - registers its request models
 from node import __version__
 from node.api.admin_openapi import admin_paths, admin_schemas
+from node.api.anthropic.objects import RESPONSE_MODELS as ANTHROPIC_MODELS
 from node.api.errors import REQUEST_MODELS
 from node.api.openai.responses import RESPONSE_MODELS
+from node.api.responses.objects import RESPONSE_MODELS as RESPONSES_API_MODELS
 
 _REF = "#/components/schemas/{model}"
 _ERROR = {
@@ -33,6 +37,22 @@ _ERROR = {
         }
     },
 }
+
+
+def _closed(required: list[str], **properties: Any) -> dict[str, Any]:
+    return {"type": "object", "required": required, "properties": properties,
+            "additionalProperties": False}  # fmt: skip
+
+
+_STR, _INT = {"type": "string"}, {"type": "integer"}
+_ANTHROPIC_ERROR = _closed(
+    ["type", "error"],
+    type={"const": "error"},
+    error=_closed(["type", "message"], type=_STR, message=_STR),
+)
+_PIECE = _closed(["id", "piece"], id=_INT, piece={"anyOf": [_STR, {"type": "array"}]})
+_TOKENS = _closed(["tokens"], tokens={"type": "array", "items": {"anyOf": [_INT, _PIECE]}})
+_CONTENT = _closed(["content"], content=_STR)
 _EVENT = {
     "type": "object",
     "required": ["data"],
@@ -62,6 +82,7 @@ def _operation(
     auth: bool = True,
     answer: str | None = None,
     stream: bool = False,
+    error: str = "Error",
 ) -> dict[str, Any]:
     """`answer`: the schema of the 200 JSON body; `stream`: it may also be an SSE stream."""
     success: dict[str, Any] = {"description": ok}
@@ -76,11 +97,11 @@ def _operation(
             "content": {"application/json": {"schema": {"$ref": _REF.format(model=body)}}},
         }
     if auth:
-        op["security"] = [{"bearer": []}]
+        op["security"] = [{"bearer": []}, {"apiKey": []}]
         for status, text in _ERRORS.items():
             op["responses"][status] = {
                 "description": text,
-                "content": {"application/json": {"schema": {"$ref": _REF.format(model="Error")}}},
+                "content": {"application/json": {"schema": {"$ref": _REF.format(model=error)}}},
             }
     return op
 
@@ -88,17 +109,27 @@ def _operation(
 @cache
 def openapi_document() -> dict[str, Any]:
     # Requests and answers from the very models that validate and build them.
-    built = [*REQUEST_MODELS.values(), *RESPONSE_MODELS, *admin_schemas()]
+    built = [*REQUEST_MODELS.values(), *RESPONSE_MODELS, *RESPONSES_API_MODELS, *ANTHROPIC_MODELS,
+             *admin_schemas()]  # fmt: skip
     models = [(m, "validation") for m in built]
     _, defs = models_json_schema(models, ref_template=_REF)
-    schemas = {**defs.get("$defs", {}), "Error": _ERROR}
+    schemas = {
+        **defs.get("$defs", {}),
+        "Error": _ERROR,
+        "AnthropicError": _ANTHROPIC_ERROR,
+        "Tokens": _TOKENS,
+        "Content": _CONTENT,
+    }
     stream = " With `stream`, Server-Sent Events ending in `data: [DONE]`."
     return {
         "openapi": "3.1.0",
         "info": {"title": "llm-node", "version": __version__},
         "components": {
             "schemas": schemas,
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer"},
+                "apiKey": {"type": "apiKey", "in": "header", "name": "x-api-key"},
+            },
         },
         "paths": {
             "/v1/chat/completions": {
@@ -117,6 +148,47 @@ def openapi_document() -> dict[str, Any]:
                     "A `text_completion` object." + _USAGE_NOTE + stream,
                     answer="TextCompletion",
                     stream=True,
+                )
+            },
+            "/v1/responses": {
+                "post": _operation(
+                    "OpenAI Responses API (stateless)",
+                    "ResponsesRequest",
+                    "A `response` object; `usage` also carries `cost` and `currency` when priced."
+                    " With `stream`, named Server-Sent Events (`response.created` ... "
+                    "`response.completed`).",
+                    answer="ResponseObject",
+                    stream=True,
+                )
+            },
+            "/v1/messages": {
+                "post": _operation(
+                    "Anthropic Messages",
+                    "MessagesRequest",
+                    "A `message`; errors in Anthropic's envelope. With `stream`, Anthropic's "
+                    "named events (`message_start` ... `message_stop`).",
+                    answer="AnthropicMessage",
+                    stream=True,
+                    error="AnthropicError",
+                )
+            },
+            "/v1/messages/count_tokens": {
+                "post": _operation(
+                    "Anthropic token count (free, unmetered)",
+                    "CountTokensRequest",
+                    '`{"input_tokens": N}`',
+                    answer="TokenCount",
+                    error="AnthropicError",
+                )
+            },
+            "/tokenize": {
+                "post": _operation(
+                    "llama-server's tokenize", "TokenizeRequest", "Token ids", answer="Tokens"
+                )
+            },
+            "/detokenize": {
+                "post": _operation(
+                    "llama-server's detokenize", "DetokenizeRequest", "Text", answer="Content"
                 )
             },
             "/v1/embeddings": {

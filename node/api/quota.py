@@ -28,6 +28,6 @@ def quota_error(exc: RateLimited | BudgetExceeded) -> ApiError:
     )
 
 
-async def handle_quota_error(_request: Request, exc: Exception) -> Response:
+async def handle_quota_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RateLimited | BudgetExceeded)
-    return quota_error(exc).response()
+    return quota_error(exc).response(request.url.path)

@@ -107,6 +107,18 @@ class Finished:
 
 GenerationEvent = TextDelta | Finished
 
+
+@dataclass(frozen=True)
+class EngineStats:
+    """Counters of the generation engines for `/metrics` (llama-server's names in comments)."""
+
+    decode_calls: int = 0  # n_decode_total
+    busy_slot_decodes: int = 0  # busy slots summed over decode calls: n_busy_slots_total
+    n_tokens_max: int = 0  # the most tokens one sequence has held
+    kv_tokens: int = 0  # tokens in the KV cache now, every slot of every model
+    kv_capacity: int = 0  # the KV cache's size in tokens
+
+
 Role = Literal["system", "developer", "user", "assistant", "tool"]
 
 
@@ -240,8 +252,16 @@ class GenerationEngine(Protocol):
         `tools` reach the template as OpenAI's `{"type": "function", "function": {...}}` list;
         `template_kwargs` (e.g. `enable_thinking`) are extra template variables."""
 
-    def tokenize(self, text: str) -> list[int]:
-        """Tokens as the model will decode them (BOS added only if the text lacks it)."""
+    def tokenize(self, text: str, add_special: bool = True) -> list[int]:
+        """Tokens as the model will decode them (BOS added only if the text lacks it and
+        `add_special`); special-token text such as `<|im_start|>` becomes that token."""
+
+    def piece(self, token: int, special: bool = True) -> bytes:
+        """The bytes of one token (`special`: control tokens as their text)."""
+
+    def detokenize(self, tokens: Sequence[int], special: bool = True) -> str:
+        """The text of tokens, invalid UTF-8 replaced; raises ValueError for ids outside the
+        vocabulary."""
 
     def check_fits(self, n_prompt_tokens: int, max_tokens: int | None) -> None:
         """Raise `ContextOverflow` if the request cannot fit one sequence's context."""
@@ -291,5 +311,8 @@ class ModelPool(Protocol):
     def infos(self) -> list[ModelInfo]: ...
 
     def decode_calls(self) -> int: ...
+
+    def stats(self) -> EngineStats:
+        """The generation engines' counters, summed (n_tokens_max: the largest)."""
 
     def close(self) -> None: ...

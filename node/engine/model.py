@@ -185,8 +185,9 @@ class LoadedModel:
             raise ValueError(f"model {self.spec.id} has no chat template")
         return self._template.render(messages, tools=tools, template_kwargs=template_kwargs)
 
-    def tokenize(self, text: str) -> list[int]:
-        """Tokens with special-token parsing; BOS prepended only when the model wants one."""
+    def tokenize(self, text: str, add_special: bool = True) -> list[int]:
+        """Tokens with special-token parsing; BOS prepended only when the model wants one
+        (and `add_special`)."""
         data = text.encode("utf-8")
         capacity = len(data) + 2
         tokens = (llama_cpp.llama_token * capacity)()
@@ -198,7 +199,7 @@ class LoadedModel:
             if n < 0:
                 raise ValueError("text could not be tokenized")
         ids = list(tokens[:n])
-        if self.add_bos and self.bos >= 0 and (not ids or ids[0] != self.bos):
+        if add_special and self.add_bos and self.bos >= 0 and (not ids or ids[0] != self.bos):
             ids.insert(0, self.bos)
         return ids
 
@@ -218,8 +219,10 @@ class LoadedModel:
         self._pieces[key] = piece
         return piece
 
-    def detokenize(self, tokens: Sequence[int]) -> str:
-        return b"".join(self.piece(t) for t in tokens).decode("utf-8", errors="replace")
+    def detokenize(self, tokens: Sequence[int], special: bool = False) -> str:
+        """`special`: control tokens as their text (`/detokenize` round-trips them)."""
+        pieces = (self.piece(t, special) for t in tokens)
+        return b"".join(pieces).decode("utf-8", errors="replace")
 
     def is_eog(self, token: int) -> bool:
         return bool(llama_cpp.llama_vocab_is_eog(self.vocab, token))

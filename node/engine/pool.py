@@ -4,13 +4,14 @@ Implements `interface.ModelPool`."""
 
 from __future__ import annotations
 
+import fnmatch
 import logging
 import threading
 from collections.abc import Callable
 
 from node.config import ModelSpec
 from node.engine.embeddings import EmbeddingModel
-from node.engine.interface import EmbeddingEngine, GenerationEngine, ModelInfo
+from node.engine.interface import EmbeddingEngine, EngineStats, GenerationEngine, ModelInfo
 from node.engine.model import LoadedModel
 from node.engine.scheduler import Scheduler
 
@@ -23,6 +24,8 @@ class ModelPool:
     def __init__(self) -> None:
         self._engines: list[Scheduler | EmbeddingModel] = []
         self._by_name: dict[str, Scheduler | EmbeddingModel] = {}
+        # aliases with `*`, e.g. "claude-*": tried in registry order after the exact names
+        self._patterns: list[tuple[str, Scheduler | EmbeddingModel]] = []
         self._lock = threading.Lock()
         self._ready = False
 
@@ -54,7 +57,10 @@ class ModelPool:
             with self._lock:
                 self._engines.append(engine)
                 for name in spec.names:
-                    self._by_name[name] = engine
+                    if "*" in name:
+                        self._patterns.append((name, engine))
+                    else:
+                        self._by_name[name] = engine
             log.info(
                 "model %s loaded: %s, %s, n_ctx %d, parallel %d",
                 spec.id,
@@ -65,19 +71,23 @@ class ModelPool:
             )
         self._ready = True
 
-    def info(self, name: str) -> ModelInfo | None:
+    def _get(self, name: str) -> Scheduler | EmbeddingModel | None:
         with self._lock:
             engine = self._by_name.get(name)
+            if engine is None:
+                engine = next((e for p, e in self._patterns if fnmatch.fnmatchcase(name, p)), None)
+        return engine
+
+    def info(self, name: str) -> ModelInfo | None:
+        engine = self._get(name)
         return None if engine is None else engine.info
 
     def generator(self, name: str) -> GenerationEngine | None:
-        with self._lock:
-            engine = self._by_name.get(name)
+        engine = self._get(name)
         return engine if isinstance(engine, Scheduler) else None
 
     def embedder(self, name: str) -> EmbeddingEngine | None:
-        with self._lock:
-            engine = self._by_name.get(name)
+        engine = self._get(name)
         return engine if isinstance(engine, EmbeddingModel) else None
 
     def infos(self) -> list[ModelInfo]:
@@ -89,9 +99,21 @@ class ModelPool:
         with self._lock:
             return sum(engine.decode_calls for engine in self._engines)
 
+    def stats(self) -> EngineStats:
+        with self._lock:
+            engines = [e for e in self._engines if isinstance(e, Scheduler)]
+        return EngineStats(
+            decode_calls=sum(e.decode_calls for e in engines),
+            busy_slot_decodes=sum(e.busy_slot_decodes for e in engines),
+            n_tokens_max=max((e.n_tokens_max for e in engines), default=0),
+            kv_tokens=sum(sum(e.slot_tokens()) for e in engines),
+            kv_capacity=sum(e.info.n_ctx for e in engines),
+        )
+
     def close(self) -> None:
         self._ready = False
         with self._lock:
             engines, self._engines, self._by_name = self._engines, [], {}
+            self._patterns = []
         for engine in engines:
             engine.close()

@@ -12,6 +12,7 @@ import asyncio
 import logging
 import threading
 from collections import deque
+from collections.abc import Sequence
 
 import llama_cpp
 
@@ -65,6 +66,8 @@ class Scheduler:
         self._stopping = False
         self._admissions = 0
         self.decode_calls = 0  # llama_decode calls so far (llama-server's n_decode_total)
+        self.busy_slot_decodes = 0  # busy slots summed over decode calls (n_busy_slots_total)
+        self.n_tokens_max = 0  # the most tokens one sequence held (llama-server's n_tokens_max)
         self.info = model.model_info(
             embeddings=False,
             n_ctx=self.n_ctx_per_seq * self.parallel,
@@ -78,8 +81,14 @@ class Scheduler:
 
     # -- caller side (event loop) ---------------------------------------------------------------
 
-    def tokenize(self, text: str) -> list[int]:
-        return self.model.tokenize(text)
+    def tokenize(self, text: str, add_special: bool = True) -> list[int]:
+        return self.model.tokenize(text, add_special)
+
+    def piece(self, token: int, special: bool = True) -> bytes:
+        return self.model.piece(token, special)
+
+    def detokenize(self, tokens: Sequence[int], special: bool = True) -> str:
+        return self.model.detokenize(tokens, special)
 
     def check_fits(self, n_prompt_tokens: int, max_tokens: int | None) -> None:
         if n_prompt_tokens + (max_tokens or 0) > self.n_ctx_per_seq:
@@ -196,6 +205,7 @@ class Scheduler:
         generating = [s for s in self._slots if s.request is not None and not s.pending]
         if generating:
             self._decode_generating(generating, events)
+        self.n_tokens_max = max(self.n_tokens_max, *(len(s.cache) for s in self._slots))
 
     def _chunk_size(self, slot: Slot) -> int:
         return min(len(slot.pending), self._prompt_batch.capacity)
@@ -260,6 +270,7 @@ class Scheduler:
 
     def _llama_decode(self, batch: TokenBatch) -> int:
         self.decode_calls += 1
+        self.busy_slot_decodes += self.busy_slots()
         return batch.decode(self._ctx)
 
     def _fail_decode(self, rc: int, slots: list[Slot], events: Events) -> None:

@@ -22,6 +22,7 @@ from node.engine.interface import (
     ContextOverflow,
     EmbeddingEngine,
     Embeddings,
+    EngineStats,
     Generation,
     GenerationEngine,
     ModelInfo,
@@ -124,7 +125,8 @@ class NodeService:
         """`Authorization: Bearer <secret>` → the key; the meter knows deletions at once."""
         if not authorization:
             raise AuthenticationFailed(
-                "You didn't provide an API key. Send it as 'Authorization: Bearer <key>'."
+                "You didn't provide an API key. Send it as 'Authorization: Bearer <key>' "
+                "(or 'x-api-key: <key>')."
             )
         scheme, _, secret = authorization.strip().partition(" ")
         secret = secret.strip()
@@ -162,6 +164,10 @@ class NodeService:
     def decode_calls(self) -> int:
         """llama_decode calls of every model so far (0 while loading)."""
         return self.pool.decode_calls()
+
+    def engine_stats(self) -> EngineStats:
+        """The generation engines' counters for /metrics (zeros while loading)."""
+        return self.pool.stats()
 
     def model(self, name: str) -> ModelInfo:
         self.check_ready()

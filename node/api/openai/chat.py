@@ -13,7 +13,7 @@ from starlette.responses import Response
 
 from node.api.context import request_id_of
 from node.api.errors import invalid
-from node.api.lifecycle import GenerationJob, client_reason, created_now, respond
+from node.api.lifecycle import GenerationJob, OpenAIStreamEnd, client_reason, created_now, respond
 from node.api.openai.chat_protocol import ChatCompletionRequest
 from node.api.openai.grammars import grammar_for
 from node.api.openai.logprobs import chat_logprobs
@@ -33,7 +33,13 @@ from node.api.openai.responses import (
 )
 from node.api.openai.tools import OutputPlan, plan_output, render_prompt
 from node.api.routing import authenticate, read_body
-from node.engine.interface import Finished, SampledLogprob, TextDelta
+from node.engine.interface import (
+    Finished,
+    GenerationEngine,
+    SampledLogprob,
+    SamplingParams,
+    TextDelta,
+)
 from node.output import (
     ContentText,
     Part,
@@ -43,7 +49,7 @@ from node.output import (
     ToolCallStart,
     merge_parts,
 )
-from node.service import Admission, MeteredGeneration
+from node.service import Admission, MeteredGeneration, NodeService
 
 
 class _Choice:
@@ -79,7 +85,7 @@ def _delta_of(parts: list[Part]) -> list[Delta]:
     return out
 
 
-class ChatRenderer:
+class ChatRenderer(OpenAIStreamEnd):
     """`chat.completion` and `chat.completion.chunk` objects (implements `lifecycle.Renderer`)."""
 
     def __init__(
@@ -186,10 +192,11 @@ class ChatRenderer:
         )
 
 
-async def chat_completions(request: Request) -> Response:
-    service, key = authenticate(request)
-    body = ChatCompletionRequest.model_validate_json(await read_body(request))
-    engine = service.generator(body.model)
+def prepare_chat(
+    service: NodeService, engine: GenerationEngine, body: ChatCompletionRequest
+) -> tuple[list[int], OutputPlan, SamplingParams]:
+    """A chat request's prompt tokens, output plan and sampling: what every dialect that speaks
+    in messages (chat, Responses, Anthropic Messages) hands to the same metered generation."""
     problem = body.first_problem()
     if problem is not None:
         message, param = problem
@@ -201,12 +208,21 @@ async def chat_completions(request: Request) -> Response:
             "response_format cannot be combined with tool_choice 'required' or a named tool.",
             "response_format",
         )
+    tokens = service.prompt_tokens(engine, prompt, "messages")
+    return tokens, plan, plan.sampling(body.to_sampling_params(grammar))
+
+
+async def chat_completions(request: Request) -> Response:
+    service, key = authenticate(request)
+    body = ChatCompletionRequest.model_validate_json(await read_body(request))
+    engine = service.generator(body.model)
+    prompt, plan, params = prepare_chat(service, engine, body)
     request_id = request_id_of(request.scope)
     n = body.choices()
     job = GenerationJob(
         admission=Admission(request_id, key, "chat.completions", body.user),
-        prompts=[service.prompt_tokens(engine, prompt, "messages")],
-        params=plan.sampling(body.to_sampling_params(grammar)),
+        prompts=[prompt],
+        params=params,
         n=n,
         stream=bool(body.stream),
         prompt_param="messages",

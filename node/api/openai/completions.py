@@ -7,7 +7,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from node.api.context import request_id_of
-from node.api.lifecycle import GenerationJob, client_reason, created_now, respond
+from node.api.lifecycle import GenerationJob, OpenAIStreamEnd, client_reason, created_now, respond
 from node.api.openai.logprobs import CompletionLogprobsBuilder, merge_completion
 from node.api.openai.protocol import CompletionRequest
 from node.api.openai.responses import CompletionLogprobs, TextChoice, TextCompletion, usage_of
@@ -24,7 +24,7 @@ class _Choice:
         self.reason: str | None = None
 
 
-class CompletionRenderer:
+class CompletionRenderer(OpenAIStreamEnd):
     """`text_completion` objects, streamed or whole (implements `lifecycle.Renderer`)."""
 
     def __init__(
