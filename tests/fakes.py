@@ -23,6 +23,7 @@ from node.engine.interface import (
     Finished,
     GenerationEvent,
     ModelInfo,
+    PromptCacheStats,
     SampledLogprob,
     SamplingParams,
     TextDelta,
@@ -119,6 +120,9 @@ class FakeEngine:
         self.submitted: list[SamplingParams] = []
         self.generations: list[FakeGeneration] = []
         self.decode_calls = 0  # one per fake token (each generation decodes alone)
+
+    def prompt_cache_stats(self) -> PromptCacheStats:
+        return PromptCacheStats()
 
     chat_template: str | None = None
 
@@ -240,6 +244,11 @@ class FakePool:
 
     def decode_calls(self) -> int:
         return sum(e.decode_calls for e in self.engines)
+
+    def prompt_cache_stats(self) -> dict[str, PromptCacheStats]:
+        return {
+            e.info.id: e.prompt_cache_stats() for e in self.engines if isinstance(e, FakeEngine)
+        }
 
     def close(self) -> None:
         pass

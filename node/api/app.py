@@ -14,6 +14,7 @@ from starlette.types import ASGIApp
 from node.api import admin, health, metrics, openapi
 from node.api.auth import AuthMiddleware
 from node.api.context import RequestContext
+from node.api.engine_metrics import watch_engines
 from node.api.errors import handle_api_error, handle_http_exception
 from node.api.metrics import NodeMetrics
 from node.api.openai import ROUTES as OPENAI_ROUTES
@@ -71,6 +72,7 @@ def create_app(
     app.state.service = service
     app.state.metrics = node_metrics
     node_metrics.count_decodes(service.decode_calls)
+    watch_engines(node_metrics.registry, service.pool.prompt_cache_stats)
     app.state.fleet = fleet
     if fleet is not None:
         node_metrics.watch_export(fleet)

@@ -10,7 +10,12 @@ from collections.abc import Callable
 
 from node.config import ModelSpec
 from node.engine.embeddings import EmbeddingModel
-from node.engine.interface import EmbeddingEngine, GenerationEngine, ModelInfo
+from node.engine.interface import (
+    EmbeddingEngine,
+    GenerationEngine,
+    ModelInfo,
+    PromptCacheStats,
+)
 from node.engine.model import LoadedModel
 from node.engine.scheduler import Scheduler
 
@@ -88,6 +93,12 @@ class ModelPool:
         """llama_decode calls of every loaded model so far."""
         with self._lock:
             return sum(engine.decode_calls for engine in self._engines)
+
+    def prompt_cache_stats(self) -> dict[str, PromptCacheStats]:
+        """Each generation model's prompt cache counters, by model id."""
+        with self._lock:
+            engines = list(self._engines)
+        return {e.info.id: e.prompt_cache_stats() for e in engines if isinstance(e, Scheduler)}
 
     def close(self) -> None:
         self._ready = False
