@@ -125,7 +125,7 @@ class PromptCache:
         self, ctx: llama_cpp.llama_context_p, key: tuple[int, ...], seq_id: int, used: int
     ) -> bool:
         """Load entry `key` into sequence `seq_id` (emptied first); `used` of its tokens will
-        be kept. True if llama.cpp took the state (the entry stays either way)."""
+        be kept. True if llama.cpp took the state; the entry then leaves the cache."""
         data = self._entries[key]
         memory = llama_cpp.llama_get_memory(ctx)
         llama_cpp.llama_memory_seq_rm(memory, seq_id, -1, -1)
@@ -137,7 +137,10 @@ class PromptCache:
             llama_cpp.llama_memory_seq_rm(memory, seq_id, -1, -1)
             self._refused += 1
             return False
-        self._entries.move_to_end(key)
+        # The slot holds it now and saves it again (longer) when it is overwritten: keeping a
+        # copy would count it twice against the budget, and with more conversations than fit,
+        # LRU over duplicates evicts exactly the ones that come back next.
+        self._drop(key)
         self._hits += 1
         self._restored += used
         return True
