@@ -39,6 +39,11 @@ class ModelSpec(BaseModel):
     reasoning_format: Literal["auto", "none"] = "auto"  # "none": reasoning stays in the content
     n_threads: int | None = Field(default=None, ge=1)
     n_batch: int = Field(default=512, ge=1)
+    # "mixed": prompt chunks share a decode with generation (fast); "exact": batched output
+    # is bit-identical to each request alone, prompts stall the streams (engine/scheduler.py).
+    batching: Literal["mixed", "exact"] = "mixed"
+    prefill_chunk: int = Field(default=512, ge=1, le=65536)  # prompt tokens per mixed step
+    prompt_cache_mib: int = Field(default=256, ge=0)  # host-memory KV of evicted slots; 0: off
     flash_attn: bool = False
     type_k: KvCacheType | None = None
     type_v: KvCacheType | None = None

@@ -27,6 +27,8 @@ def make_scheduler(
     path: Path, *, n_ctx: int = 4096, parallel: int = 8, max_queue: int | None = None, **extra
 ) -> Scheduler:
     extra.setdefault("n_threads", TEST_THREADS)
+    # The scheduler tests check bit-identical batching: exact unless a test asks for mixed.
+    extra.setdefault("batching", "exact")
     spec = ModelSpec(id="test", path=path, n_ctx=n_ctx, parallel=parallel, **extra)
     return Scheduler(LoadedModel(spec), max_queue=max_queue)
 

@@ -24,6 +24,7 @@ from node.engine.interface import (
     Finished,
     GenerationEvent,
     ModelInfo,
+    PromptCacheStats,
     SampledLogprob,
     SamplingParams,
     TextDelta,
@@ -120,6 +121,9 @@ class FakeEngine:
         self.submitted: list[SamplingParams] = []
         self.generations: list[FakeGeneration] = []
         self.decode_calls = 0  # one per fake token (each generation decodes alone)
+
+    def prompt_cache_stats(self) -> PromptCacheStats:
+        return PromptCacheStats()
 
     chat_template: str | None = None
 
@@ -250,6 +254,11 @@ class FakePool:
 
     def stats(self) -> EngineStats:
         return EngineStats(decode_calls=self.decode_calls())
+
+    def prompt_cache_stats(self) -> dict[str, PromptCacheStats]:
+        return {
+            e.info.id: e.prompt_cache_stats() for e in self.engines if isinstance(e, FakeEngine)
+        }
 
     def close(self) -> None:
         pass

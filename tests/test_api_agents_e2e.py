@@ -92,8 +92,9 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
     secret = json.loads(cli(db, "api-keys", "create", "--level", "LLM", "--json"))["secret"]
     gguf = embedded_model_path()
     (tmp / "models.toml").write_text(
+        # exact batching: n choices must each sample what the same request alone would
         f'[[model]]\nid = "{CHAT}"\npath = "{gguf}"\nn_ctx = 4096\nparallel = 4\n'
-        f"n_threads = 1\nchat_template = '''{TEMPLATE}'''\n\n"
+        f"n_threads = 1\nbatching = 'exact'\nchat_template = '''{TEMPLATE}'''\n\n"
         f'[[model]]\nid = "{THINK}"\npath = "{gguf}"\nn_ctx = 1024\nparallel = 1\n'
         f"n_threads = 1\nchat_template = '''{THINK_TEMPLATE}'''\n\n"
         f'[[model]]\nid = "{THINK}-raw"\npath = "{gguf}"\nn_ctx = 512\nparallel = 1\n'

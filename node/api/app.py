@@ -16,6 +16,7 @@ from node.api import admin, health, metrics, openapi, tokenize
 from node.api.anthropic import ROUTES as ANTHROPIC_ROUTES
 from node.api.auth import AuthMiddleware
 from node.api.context import RequestContext
+from node.api.engine_metrics import watch_prompt_caches
 from node.api.errors import handle_api_error, handle_http_exception
 from node.api.metrics import NodeMetrics
 from node.api.openai import ROUTES as OPENAI_ROUTES
@@ -81,6 +82,7 @@ def create_app(
     app.state.metrics = node_metrics
     node_metrics.count_decodes(service.decode_calls)
     node_metrics.watch_engines(service.engine_stats)
+    watch_prompt_caches(node_metrics.registry, service.pool.prompt_cache_stats)
     app.state.fleet = fleet
     app.state.config = config
     if fleet is not None:

@@ -9,12 +9,20 @@ import click
 from node.api.limits import HttpLimits
 from node.commands.fleet_access import join_fleet
 from node.commands.options import db_option, fleet_db_option, models_option
-from node.config import RegistryError, resolve_models
+from node.config import ModelSpec, RegistryError, resolve_models
 
 MIB = 1024 * 1024
 KIB = 1024
 _DEFAULT = HttpLimits()
 _SECONDS = click.FloatRange(min=0, min_open=True, max=3600)
+
+
+def with_engine_options(specs: list[ModelSpec], **options: object) -> list[ModelSpec]:
+    """The specs with the engine options given on the command line (None: not given)."""
+    given = {name: value for name, value in options.items() if value is not None}
+    if not given:
+        return specs
+    return [s if s.embeddings else ModelSpec(**{**s.model_dump(), **given}) for s in specs]
 
 
 @click.command()
@@ -78,6 +86,24 @@ _SECONDS = click.FloatRange(min=0, min_open=True, max=3600)
     type=click.IntRange(1, 1_000_000),
     help="Most open client connections; a request on one more gets 503.",
 )
+@click.option(
+    "--batching",
+    type=click.Choice(["mixed", "exact"]),
+    help="mixed (default): prompt chunks share each decode with the running streams; exact: "
+    "batched output bit-identical to each request alone, prompts stall streams. "
+    "Overrides the registry's `batching` for every generation model.",
+)
+@click.option(
+    "--prefill-chunk",
+    type=click.IntRange(1, 65536),
+    help="Most prompt tokens per mixed decode step (default 512, or the registry's).",
+)
+@click.option(
+    "--prompt-cache-mib",
+    type=click.IntRange(0, 1_048_576),
+    help="Host memory in MiB per generation model for the KV of prompts that left their slot "
+    "(default 256, or the registry's; 0: off).",
+)
 @fleet_db_option
 @click.option(
     "--node-id",
@@ -119,6 +145,9 @@ def serve(
     max_header_kb: int,
     max_headers: int,
     max_connections: int,
+    batching: str | None,
+    prefill_chunk: int | None,
+    prompt_cache_mib: int | None,
     fleet_db: str | None,
     node_id: str | None,
     fleet_poll: float,
@@ -130,6 +159,9 @@ def serve(
         specs = resolve_models(models_path)
     except RegistryError as exc:
         raise click.UsageError(str(exc)) from None
+    specs = with_engine_options(
+        specs, batching=batching, prefill_chunk=prefill_chunk, prompt_cache_mib=prompt_cache_mib
+    )
     if gpu_type is not None and not gpu_type.strip():
         raise click.BadParameter("must not be empty", param_hint="--gpu-type")
 

@@ -178,6 +178,20 @@ class ModelInfo:
     reasoning_raw: bool = False  # the registry keeps reasoning inside the content by default
 
 
+@dataclass(frozen=True)
+class PromptCacheStats:
+    """What a generation model's host-memory prompt cache did so far."""
+
+    lookups: int = 0  # admissions that searched the cache
+    hits: int = 0  # admissions whose KV came from the cache
+    tokens_restored: int = 0  # prompt tokens those hits did not decode
+    bytes_held: int = 0
+    entries: int = 0
+    budget_bytes: int = 0  # 0: the cache is off
+    evictions: int = 0  # entries dropped to fit a newer one
+    refused: int = 0  # restores llama.cpp refused (no room in the KV): recomputed instead
+
+
 class ContextOverflow(NodeError, ValueError):
     """The prompt (with its max tokens) cannot fit a sequence's context. Raised before decode."""
 
@@ -273,6 +287,9 @@ class GenerationEngine(Protocol):
     def submit(self, prompt_tokens: list[int], params: SamplingParams) -> Generation:
         """Queue a request; call on the event loop. Raises `EngineBusy` or `ContextOverflow`."""
 
+    def prompt_cache_stats(self) -> PromptCacheStats:
+        """The host-memory prompt cache's counters so far (callable from any thread)."""
+
     def close(self) -> None: ...
 
 
@@ -314,5 +331,8 @@ class ModelPool(Protocol):
 
     def stats(self) -> EngineStats:
         """The generation engines' counters, summed (n_tokens_max: the largest)."""
+
+    def prompt_cache_stats(self) -> dict[str, PromptCacheStats]:
+        """Each generation model's prompt cache counters, by model id."""
 
     def close(self) -> None: ...

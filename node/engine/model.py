@@ -251,7 +251,12 @@ class LoadedModel:
         )
 
     def context_params(
-        self, *, n_ctx: int, n_seq_max: int, n_batch: int, embeddings: bool = False
+        self,
+        *,
+        n_ctx: int,
+        n_seq_max: int,
+        n_batch: int,
+        embeddings: bool = False,
     ) -> llama_cpp.llama_context_params:
         """Context parameters from the spec: threads, batch, flash attention, KV cache types."""
         spec = self.spec
@@ -273,7 +278,7 @@ class LoadedModel:
         if spec.type_v is not None:
             params.type_v = _KV_TYPES[spec.type_v]
         # Generation: one KV stream per sequence, so a sequence's attention never sees (or pads
-        # over) another sequence's cells and its output does not depend on its batch mates.
+        # over) another sequence's cells (see `steps` for why even mixed batching keeps this).
         # Embeddings clear the cache after every call, so their inputs share one stream.
         params.kv_unified = embeddings
         params.no_perf = True

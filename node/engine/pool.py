@@ -11,7 +11,13 @@ from collections.abc import Callable
 
 from node.config import ModelSpec
 from node.engine.embeddings import EmbeddingModel
-from node.engine.interface import EmbeddingEngine, EngineStats, GenerationEngine, ModelInfo
+from node.engine.interface import (
+    EmbeddingEngine,
+    EngineStats,
+    GenerationEngine,
+    ModelInfo,
+    PromptCacheStats,
+)
 from node.engine.model import LoadedModel
 from node.engine.scheduler import Scheduler
 
@@ -109,6 +115,12 @@ class ModelPool:
             kv_tokens=sum(sum(e.slot_tokens()) for e in engines),
             kv_capacity=sum(e.info.n_ctx for e in engines),
         )
+
+    def prompt_cache_stats(self) -> dict[str, PromptCacheStats]:
+        """Each generation model's prompt cache counters, by model id."""
+        with self._lock:
+            engines = list(self._engines)
+        return {e.info.id: e.prompt_cache_stats() for e in engines if isinstance(e, Scheduler)}
 
     def close(self) -> None:
         self._ready = False

@@ -1,9 +1,17 @@
 """Continuous batching: one thread per model owns the llama context and its `parallel` slots.
 
-Each step admits waiting requests into free slots, decodes prompt chunks of newly admitted
-sequences (about one batch of tokens per step; chunks of equal length together), then one token
-of every generating sequence in ONE `llama_decode`, samples every sequence with its own sampler
-chain, and hands the text back to the event loop.
+Each step admits waiting requests into free slots (restoring the longest known prefix of their
+prompt from a slot or the host-memory prompt cache), decodes, samples every sequence with its
+own sampler chain, and hands the text back to the event loop. How a step decodes is the
+model's `batching`:
+
+- "mixed" (default): one `llama_decode` of one token of every generating sequence plus at most
+  `prefill_chunk` prompt tokens (`steps.plan_mixed_step`): streams never stall for a whole
+  prompt.
+- "exact": prompt chunks of newly admitted sequences first (about one batch of tokens per
+  step; chunks of equal length together), then one token of every generating sequence in ONE
+  `llama_decode`: output is bit-identical to each request decoded alone, streams wait for
+  prompts.
 """
 
 from __future__ import annotations
@@ -24,14 +32,17 @@ from node.engine.interface import (
     EngineBusy,
     Finished,
     GenerationEvent,
+    PromptCacheStats,
     SampledLogprob,
     SamplingParams,
     StopType,
 )
 from node.engine.logprobs import sample
 from node.engine.model import LoadedModel
+from node.engine.prompt_cache import MIB, PromptCache
 from node.engine.sampling import SequenceSampler
 from node.engine.slots import Slot, Slots
+from node.engine.steps import StepDecoder
 from node.engine.text import DeltaStream
 
 log = logging.getLogger(__name__)
@@ -39,7 +50,7 @@ log = logging.getLogger(__name__)
 Events = list[tuple[Request, GenerationEvent]]
 
 
-class Scheduler:
+class Scheduler(StepDecoder):
     """Implements `interface.GenerationEngine` for one loaded model."""
 
     def __init__(self, model: LoadedModel, *, max_queue: int | None = None) -> None:
@@ -47,7 +58,11 @@ class Scheduler:
         self.model = model
         self.parallel = spec.parallel
         self.n_ctx_per_seq = spec.n_ctx // spec.parallel
-        self.n_batch = max(spec.n_batch, spec.parallel)  # room for one token per sequence
+        self.mixed = spec.batching == "mixed"
+        self.prefill_chunk = spec.prefill_chunk
+        # room for one token per sequence (and, mixed, a prompt chunk beside them)
+        extra = self.prefill_chunk if self.mixed else 0
+        self.n_batch = max(spec.n_batch, spec.parallel + extra)
         self.max_queue = max_queue if max_queue is not None else 4 * spec.parallel
         self._ctx = model.new_context(
             model.context_params(
@@ -60,7 +75,10 @@ class Scheduler:
         self._grammars = GrammarCache(model.vocab)  # parsed once in validate, cloned in submit
         self._gen_batch = TokenBatch(self.parallel)
         self._prompt_batch = TokenBatch(self.n_batch)
-        self._slots = Slots(self.parallel, self._memory)
+        self._prompt_cache = PromptCache(spec.prompt_cache_mib * MIB)
+        self._slots = Slots(
+            self.parallel, self._ctx, self._prompt_cache, min_left=1 if self.mixed else 2
+        )
         self._waiting: deque[Request] = deque()
         self._cond = threading.Condition()
         self._stopping = False
@@ -122,6 +140,10 @@ class Scheduler:
     def slot_tokens(self) -> list[int]:
         """KV tokens held per slot (a snapshot, for metrics and tests)."""
         return [len(slot.cache) for slot in self._slots]
+
+    def prompt_cache_stats(self) -> PromptCacheStats:
+        """A snapshot of the host-memory prompt cache's counters (read without the thread)."""
+        return self._prompt_cache.stats()
 
     def busy_slots(self) -> int:
         return sum(slot.request is not None for slot in self._slots)
@@ -190,83 +212,11 @@ class Scheduler:
                 self._finish(slot, "cancelled", events, drop_kv=True)
         for request in admitted:
             self._admit(request)
-        # Prompt chunks first, longest-waiting first, about one batch worth of tokens per step:
-        # a new request gets its first token this step (and its second in the decode below),
-        # while streaming ones wait at most ~one batch for theirs.
-        waiting = sorted(
-            (s for s in self._slots if s.request is not None and s.pending),
-            key=lambda s: s.admitted_at,
-        )
-        spent = 0
-        while waiting and spent < self.n_batch:
-            group = self._prompt_group(waiting)
-            waiting = [s for s in waiting if s not in group]
-            spent += self._decode_prompt_chunks(group, events)
-        generating = [s for s in self._slots if s.request is not None and not s.pending]
-        if generating:
-            self._decode_generating(generating, events)
+        if self.mixed:
+            self._step_mixed(events)
+        else:
+            self._step_exact(events)
         self.n_tokens_max = max(self.n_tokens_max, *(len(s.cache) for s in self._slots))
-
-    def _chunk_size(self, slot: Slot) -> int:
-        return min(len(slot.pending), self._prompt_batch.capacity)
-
-    def _prompt_group(self, waiting: list[Slot]) -> list[Slot]:
-        """The oldest waiting prompt and every other one whose next chunk has the same length,
-        as many as one batch holds, in seq-id order (a contiguous run is one micro-batch)."""
-        size = self._chunk_size(waiting[0])
-        same = [s for s in waiting if self._chunk_size(s) == size]
-        return sorted(same[: max(1, self._prompt_batch.capacity // size)], key=lambda s: s.seq_id)
-
-    def _decode_generating(self, slots: list[Slot], events: Events) -> None:
-        """One token for every generating sequence, in seq-id order, in one decode."""
-        batch = self._gen_batch
-        batch.clear()
-        for slot in slots:
-            batch.add(slot.next_token, len(slot.cache), slot.seq_id, True)
-        rc = self._llama_decode(batch)
-        if rc != 0:
-            self._fail_decode(rc, slots, events)
-            return
-        for index, slot in enumerate(slots):
-            slot.cache.append(slot.next_token)
-            self._sample(slot, index, events)
-
-    def _decode_prompt_chunks(self, slots: list[Slot], events: Events) -> int:
-        """The next chunk of each of these prompts (all the same length), in one decode.
-
-        Prompt chunks never share a decode with generating sequences. llama.cpp's CPU attention
-        takes a different kernel for a sequence with one token in a micro-batch than for one
-        with several, and a batch mixing prompts with one-token sequences is split so that a
-        prompt's first token lands in a one-token group. Either way its logits change (by up to
-        ~0.6 on SmolLM2) and greedy output would depend on what a request was batched with.
-        Chunks of equal length decoded together are split into micro-batches of equal tokens
-        per sequence, so each prompt is computed exactly as llama-cpp-python's `Llama` computes
-        it alone (bit for bit, checked on Q4_0, Q4_1, Q5_K_M and Q8_0); generation steps are
-        one token per sequence in both, so batched output is token-identical to unbatched.
-        Returns the number of prompt tokens decoded.
-        """
-        batch = self._prompt_batch
-        batch.clear()
-        size = self._chunk_size(slots[0])
-        last = [
-            batch.add_run(
-                slot.pending[:size], len(slot.cache), slot.seq_id, size == len(slot.pending)
-            )
-            for slot in slots
-        ]
-        rc = self._llama_decode(batch)
-        if rc != 0 and len(slots) > 1:
-            # Find the culprit (e.g. a token id the model lacks): each alone, so only it fails.
-            return sum(self._decode_prompt_chunks([slot], events) for slot in slots)
-        if rc != 0:
-            self._fail_decode(rc, slots, events)
-            return size
-        for slot, index in zip(slots, last, strict=True):
-            slot.cache.extend(slot.pending[:size])
-            del slot.pending[:size]
-            if not slot.pending:
-                self._sample(slot, index, events)
-        return size * len(slots)
 
     def _llama_decode(self, batch: TokenBatch) -> int:
         self.decode_calls += 1

@@ -1,5 +1,6 @@
 """The slots of a context: one sequence id each and the tokens whose KV it holds, and where an
-admitted prompt goes (the slot sharing the longest worthwhile prefix, KV copied from another)."""
+admitted prompt goes (the slot sharing the longest worthwhile prefix, KV copied from another
+slot or restored from the host-memory prompt cache; what a slot loses is saved there first)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import TYPE_CHECKING
 
 import llama_cpp
 
+from node.engine.prompt_cache import PromptCache, common_prefix
 from node.engine.text import DeltaStream
 
 if TYPE_CHECKING:
@@ -31,56 +33,97 @@ class Slot:
 
 
 def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
+    return common_prefix(a, b)
+
+
+def _worthwhile(gain: int, n_prompt: int) -> bool:
+    return gain >= MIN_REUSE or 2 * gain >= n_prompt
 
 
 class Slots:
     """All slots of one context, in sequence-id order."""
 
-    def __init__(self, n: int, memory: llama_cpp.llama_memory_t) -> None:
+    def __init__(
+        self,
+        n: int,
+        ctx: llama_cpp.llama_context_p,
+        cache: PromptCache | None = None,
+        *,
+        min_left: int = 2,
+    ) -> None:
         self._slots = [Slot(i) for i in range(n)]
-        self._memory = memory
+        self._ctx = ctx
+        self._memory = llama_cpp.llama_get_memory(ctx)
+        self.prompt_cache = cache if cache is not None else PromptCache(0)
+        # Prompt tokens always left to decode: one gives the logits to sample from; exact
+        # batching needs two (see `Scheduler._decode_prompt_chunks`).
+        self.min_left = min_left
 
     def __iter__(self) -> Iterator[Slot]:
         return iter(self._slots)
 
     def place(self, prompt: list[int]) -> Slot:
         """A free slot for `prompt`, its KV trimmed to the prompt's reusable prefix: the slot
-        whose KV shares a worthwhile prefix, else the lowest free one; then, if another slot
-        holds a longer prefix, its KV is copied.
+        whose KV shares a worthwhile prefix, else the lowest free one. What that slot held
+        beyond the shared prefix is saved to the prompt cache first; then, if another slot or
+        the prompt cache holds a worthwhile longer prefix, its KV is copied or restored.
 
         Low slots first keeps the active sequence ids contiguous: llama.cpp decodes a
         non-contiguous set of sequences in several micro-batches, one per contiguous run.
         """
-        # Leave at least two prompt tokens to decode: a one-token chunk takes another kernel
-        # than the whole prompt would (see `Scheduler._decode_prompt_chunks`).
-        reusable = max(len(prompt) - 2, 0)
+        reusable = max(len(prompt) - self.min_left, 0)
         best: Slot | None = None
         best_key = (-1, 0)
         for slot in self._slots:
             if slot.request is not None:
                 continue
             shared = min(_common_prefix(slot.cache, prompt), reusable)
-            worth = shared if shared >= MIN_REUSE or 2 * shared >= len(prompt) else 0
+            worth = shared if _worthwhile(shared, len(prompt)) else 0
             key = (worth, -slot.seq_id)
             if key > best_key:
                 best, best_key = slot, key
         assert best is not None, "admitted without a free slot"
         slot = best
         keep = min(_common_prefix(slot.cache, prompt), reusable)
-        if not self._copy_prefix(slot, prompt, keep, reusable):
-            self.trim(slot, keep)
+        if keep < len(slot.cache):
+            # What this slot held is about to go: keep it in host memory for a later prompt.
+            self.prompt_cache.save(self._ctx, slot.seq_id, slot.cache)
+        donor, from_donor = self._donor(slot, prompt, keep, reusable)
+        key, from_cache = (None, 0)
+        if self.prompt_cache.enabled:
+            key, from_cache = self.prompt_cache.longest(prompt, reusable)
+        # The longest worthwhile prefix wins; a slot's copy when it ties (no host copy needed).
+        n = len(prompt)
+        if key is not None and from_cache > from_donor and _worthwhile(from_cache - keep, n):
+            if self._restore(slot, key, from_cache):
+                return slot
+            keep = 0
+        elif donor is not None and _worthwhile(from_donor - keep, n):
+            # Empty first: in a unified KV the copy would add this sequence to the donor's
+            # cells and leave this slot's own cells beside them (one stream each: replaced).
+            llama_cpp.llama_memory_seq_rm(self._memory, slot.seq_id, -1, -1)
+            llama_cpp.llama_memory_seq_cp(self._memory, donor.seq_id, slot.seq_id, -1, -1)
+            slot.cache = list(donor.cache)
+            keep = from_donor
+        self.trim(slot, keep)
         return slot
 
-    def _copy_prefix(self, slot: Slot, prompt: list[int], keep: int, reusable: int) -> bool:
-        """Give `slot` the KV of another slot (busy or not) that holds a worthwhile longer
-        prefix of `prompt`, e.g. a system prompt many clients share. True if it did.
+    def _restore(self, slot: Slot, key: tuple[int, ...], shared: int) -> bool:
+        """Load the cached KV of `key` into `slot`, keeping its first `shared` tokens."""
+        if not self.prompt_cache.restore(self._ctx, key, slot.seq_id, shared):
+            slot.cache = []  # llama.cpp refused it: the sequence is empty now
+            return False
+        slot.cache = list(key)
+        self.trim(slot, shared)
+        return True
 
-        The KV is copied, not recomputed, so the prompt's logits are bit for bit those of
+    def _donor(
+        self, slot: Slot, prompt: list[int], keep: int, reusable: int
+    ) -> tuple[Slot | None, int]:
+        """Another slot (busy or not) holding a longer prefix of `prompt` than `keep`, e.g. a
+        system prompt many clients share, and how many tokens of it are usable.
+
+        Its KV is copied, not recomputed, so the prompt's logits are bit for bit those of
         computing it alone. llama.cpp copies a whole sequence stream (~24 MB for SmolLM2 at
         1024 tokens, a few ms), so the copy must save a worthwhile number of tokens.
         """
@@ -90,13 +133,7 @@ class Slots:
                 n = min(_common_prefix(other.cache, prompt), reusable)
                 if n > shared:
                     donor, shared = other, n
-        gain = shared - keep
-        if donor is None or not (gain >= MIN_REUSE or 2 * gain >= len(prompt)):
-            return False
-        llama_cpp.llama_memory_seq_cp(self._memory, donor.seq_id, slot.seq_id, -1, -1)
-        slot.cache = list(donor.cache)
-        self.trim(slot, shared)
-        return True
+        return donor, shared
 
     def trim(self, slot: Slot, keep: int) -> None:
         """Drop the slot's KV from position `keep` on (all of it if llama.cpp cannot cut)."""
