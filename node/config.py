@@ -43,7 +43,7 @@ class ModelSpec(BaseModel):
     # is bit-identical to each request alone, prompts stall the streams (engine/scheduler.py).
     batching: Literal["mixed", "exact"] = "mixed"
     prefill_chunk: int = Field(default=512, ge=1, le=65536)  # prompt tokens per mixed step
-    prompt_cache_mib: int = Field(default=256, ge=0)  # host-memory KV of evicted slots; 0: off
+    prompt_cache_mib: int = Field(default=1024, ge=0)  # host KV of overwritten slots; 0: off
     flash_attn: bool = False
     type_k: KvCacheType | None = None
     type_v: KvCacheType | None = None

@@ -102,7 +102,7 @@ def with_engine_options(specs: list[ModelSpec], **options: object) -> list[Model
     "--prompt-cache-mib",
     type=click.IntRange(0, 1_048_576),
     help="Host memory in MiB per generation model for the KV of prompts that left their slot "
-    "(default 256, or the registry's; 0: off).",
+    "(default 1024, or the registry's; 0: off).",
 )
 @fleet_db_option
 @click.option(
