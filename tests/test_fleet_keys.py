@@ -148,6 +148,39 @@ def test_key_created_on_b_works_on_a_and_prices_reach_both(nodes: Nodes) -> None
             time.sleep(0.02)
 
 
+def test_the_admin_api_of_either_node_reports_the_whole_fleet(nodes: Nodes) -> None:
+    made = nodes.admin_call(nodes.a, "POST", "/admin/keys", json={"level": "LLM"})
+    secret, key_id = made.json()["secret"], made.json()["id"]
+    served = {}
+    for node in (nodes.a, nodes.b):
+        seconds_until(node, secret, 200, NOTIFY_BOUND_S)
+        chat = httpx.post(
+            f"{node.url}/v1/chat/completions",
+            headers={"Authorization": f"Bearer {secret}"},
+            json={"model": MODEL, "messages": [{"role": "user", "content": "hi"}],
+                  "max_tokens": 3},
+            timeout=60,
+        )  # fmt: skip
+        assert chat.status_code == 200, chat.text
+        served[chat.headers["x-request-id"]] = (node.name, chat.json()["usage"])
+    deadline = time.monotonic() + 30  # both exporters deliver their rows
+    for node in (nodes.a, nodes.b):
+        while True:
+            report = nodes.admin_call(node, "GET", f"/admin/usage?key={key_id}&by=node").json()
+            if report.get("total", {}).get("requests") == 2:
+                break
+            assert time.monotonic() < deadline, report
+            time.sleep(0.05)
+        by_node = {row["node_id"]: row for row in report["rows"]}
+        for name, usage in served.values():
+            assert by_node[name]["requests"] == 1
+            assert by_node[name]["completion_tokens"] == usage["completion_tokens"]
+        rows = nodes.admin_call(node, "GET", f"/admin/requests?key={key_id}").json()
+        assert {r["id"]: r["node_id"] for r in rows} == {
+            request_id: name for request_id, (name, _usage) in served.items()
+        }
+
+
 def test_postgres_down_known_keys_work_unknown_refused_then_stale(
     nodes: Nodes, postgres: PostgresServer
 ) -> None:
@@ -163,6 +196,8 @@ def test_postgres_down_known_keys_work_unknown_refused_then_stale(
         refused = nodes.admin_call(nodes.a, "POST", "/admin/keys", json={"level": "LLM"})
         assert refused.status_code == 503, refused.text
         assert refused.json()["error"]["code"] == "fleet_db_unavailable"
+        report = nodes.admin_call(nodes.b, "GET", "/admin/usage")  # reports need it too
+        assert report.status_code == 503 and "retry" in report.json()["error"]["message"].lower()
         # Past its staleness bound node b refuses even known keys; node a (300 s) serves on.
         seconds_until(nodes.b, secret, 503, STALENESS_S + 3)
         assert models_status(nodes.a, secret) == 200

@@ -17,6 +17,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from node.api.errors import ApiError, invalid
+from node.fleet.billing import GROUPS as FLEET_GROUPS
 from node.meter import Budget, Filters, Limits, Meter, MixedCurrencies, MoneyError
 from node.meter.billing import GROUPS
 from node.meter.budgets import parse_budget
@@ -79,8 +80,9 @@ def _meter(request: Request) -> Meter:
 
 
 def _config(request: Request) -> Any:
-    """Where key, org and price changes go: the meter, or in fleet mode the fleet database
-    (`node.fleet.store.FleetConfig`, the same methods) and from there every node's copy."""
+    """Where key, org and price changes go and usage reports come from: the meter, or in fleet
+    mode the fleet database (`node.fleet.store.FleetConfig`, the same methods): changes reach
+    every node's copy from there, and reports cover every node's exported rows."""
     return getattr(request.app.state, "config", None) or _meter(request)
 
 
@@ -250,10 +252,11 @@ async def usage(request: Request) -> Response:
     `currency`) and grouping (`by`)."""
     filters = _filters(request, {"since", "until", "org", "key", "model", "currency", "by"})
     by = request.query_params.get("by", "key")
-    if by not in GROUPS:
-        raise invalid(f"Invalid value for 'by': one of {', '.join(GROUPS)}.", "by")
+    groups = GROUPS if _config(request) is _meter(request) else FLEET_GROUPS
+    if by not in groups:
+        raise invalid(f"Invalid value for 'by': one of {', '.join(groups)}.", "by")
     try:
-        report = await _run(_meter(request).billing_status, filters, by)
+        report = await _run(_config(request).billing_status, filters, by)
     except MixedCurrencies as exc:
         raise invalid(str(exc), "currency") from None
     return JSONResponse(report)
@@ -265,7 +268,7 @@ async def requests(request: Request) -> Response:
     text = request.query_params.get("limit", "100")
     if not text.isdigit() or not 1 <= int(text) <= 10**9:
         raise invalid("Invalid value for 'limit': a whole number from 1.", "limit")
-    rows = await _run(_meter(request).billing_requests, filters, int(text))
+    rows = await _run(_config(request).billing_requests, filters, int(text))
     return JSONResponse(rows)
 
 

@@ -26,7 +26,7 @@ from node.meter.db import MeterUnavailable, Readers, connect, migrate
 from node.meter.dbfile import FileGuard, create_private
 from node.meter.export import ExportState
 from node.meter.keys import ApiKey, Limits
-from node.meter.money import Rates, parse_currency, parse_price
+from node.meter.money import parse_currency, parse_rates
 from node.meter.prices import Price, PricePeriod
 from node.meter.replica import ConfigChanges, SyncState
 from node.meter.times import US_PER_SECOND, now_us
@@ -256,13 +256,7 @@ class Meter:
         `cached_per_1m`: the price of cached prompt tokens (None: the prompt price)."""
         if not model or not gpu_type:
             raise ValueError("model and GPU type must not be empty")
-        rates = Rates(
-            prompt=parse_price(prompt_per_1m, what="prompt price"),
-            completion=parse_price(completion_per_1m, what="completion price"),
-            cached=None
-            if cached_per_1m is None
-            else parse_price(cached_per_1m, what="cached prompt price"),
-        )
+        rates = parse_rates(prompt_per_1m, completion_per_1m, cached_per_1m)
         code = parse_currency(currency)
         self._wait(
             self._writer.submit(

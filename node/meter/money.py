@@ -64,6 +64,17 @@ class Rates:
     cached: int | None = None
 
 
+def parse_rates(
+    prompt: str | Decimal | int, completion: str | Decimal | int, cached: str | Decimal | int | None
+) -> Rates:
+    """Prices per 1M tokens as text → exact stored rates (MoneyError names the bad one)."""
+    return Rates(
+        prompt=parse_price(prompt, what="prompt price"),
+        completion=parse_price(completion, what="completion price"),
+        cached=None if cached is None else parse_price(cached, what="cached prompt price"),
+    )
+
+
 @dataclass(frozen=True)
 class CostParts:
     """A cost split by what was billed, each in 10^-12 currency units."""
