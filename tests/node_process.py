@@ -52,6 +52,19 @@ def start_server(
     """Start the node (`extra`: more `serve` flags) and wait until `/health` says every model is
     loaded."""
     registry = write_registry(tmp, parallel=parallel, n_ctx_per_seq=n_ctx_per_seq)
+    return launch_server(tmp, db, registry, port=port, extra=extra)
+
+
+def launch_server(
+    tmp: Path,
+    db: Path,
+    registry: Path,
+    *,
+    port: int | None = None,
+    extra: tuple[str, ...] = (),
+) -> tuple[str, subprocess.Popen[bytes]]:
+    """`llm-node serve` on this registry, logging to `tmp/server.log`; returns once `/health`
+    says every model is loaded."""
     port = port or free_port()
     log = open(tmp / "server.log", "ab")  # noqa: SIM115 - lives as long as the process
     process = subprocess.Popen(

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import re
-import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -26,8 +25,7 @@ import pytest
 
 from node.config import embedded_model_path
 from node.meter import Meter
-from tests.api_fixtures import free_port
-from tests.test_api_e2e import LLM_NODE, cli
+from tests.node_process import cli, launch_server, stop_server
 
 MODEL = "smollm2-tools"
 THINK = "smollm2-think"  # its template opens <think> in the prompt: the output is reasoning
@@ -99,30 +97,9 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
         f'[[model]]\nid = "{THINK}"\npath = "{embedded_model_path()}"\nn_ctx = 512\n'
         f"parallel = 1\nn_threads = 1\nchat_template = '''{THINK_TEMPLATE}'''\n"
     )
-    port = free_port()
-    log = open(tmp / "server.log", "ab")  # noqa: SIM115 - lives as long as the process
-    process = subprocess.Popen(
-        [LLM_NODE, "serve", "--port", str(port), "--models", str(tmp / "models.toml"),
-         "--db", str(db), "--gpu-type", "testgpu"],
-        stdout=log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while True:
-        assert process.poll() is None, (tmp / "server.log").read_text()
-        assert time.monotonic() < deadline, "server not ready"
-        try:
-            if httpx.get(f"{url}/health").status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
+    url, process = launch_server(tmp, db, tmp / "models.toml")
     yield Node(url, db, secret, process)
-    process.send_signal(signal.SIGINT)
-    try:
-        process.wait(30)
-    except subprocess.TimeoutExpired:
-        process.kill()
+    stop_server(process)
 
 
 def _priced(row: dict) -> Decimal:

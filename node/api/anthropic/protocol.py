@@ -16,7 +16,14 @@ from typing import Annotated, Any, Literal
 from pydantic import Discriminator, Field, Tag
 
 from node.api.openai.chat_protocol import FUNCTION_NAME
-from node.api.openai.protocol import MAX_STOP, NonEmpty, _Body, integer, text_or_list
+from node.api.openai.protocol import (
+    MAX_STOP,
+    NonEmpty,
+    _Body,
+    integer,
+    tag_by,
+    text_or_list,
+)
 
 CacheControl = dict[str, Any] | None
 _CACHE = "Accepted and ignored: the node reuses a cached prompt prefix by itself."
@@ -65,18 +72,13 @@ class ThinkingBlock(_Body):
 BLOCK_TYPES = ("text", "tool_use", "tool_result", "thinking")
 
 
-def _block_tag(value: Any) -> str | None:
-    kind = value.get("type") if isinstance(value, dict) else getattr(value, "type", None)
-    return f"<{kind}>" if kind in BLOCK_TYPES else None
-
-
 Block = Annotated[
     Annotated[TextBlock, Tag("<text>")]
     | Annotated[ToolUseBlock, Tag("<tool_use>")]
     | Annotated[ToolResultBlock, Tag("<tool_result>")]
     | Annotated[ThinkingBlock, Tag("<thinking>")],
     Discriminator(
-        _block_tag,
+        tag_by("type", BLOCK_TYPES),
         custom_error_type="invalid_block",
         custom_error_message="only 'text', 'tool_use', 'tool_result' and 'thinking' blocks are "
         "supported",

@@ -16,6 +16,7 @@ from node.api.openai.protocol import (
     SamplingFields,
     _Body,
     integer,
+    tag_by,
     text_or_list,
     unsupported,
 )
@@ -97,11 +98,6 @@ Metadata = Annotated[
 ROLES = ("system", "developer", "user", "assistant", "tool")
 
 
-def _role_tag(value: Any) -> str | None:
-    role = value.get("role") if isinstance(value, dict) else getattr(value, "role", None)
-    return f"<{role}>" if role in ROLES else None
-
-
 ChatMessage = Annotated[
     Annotated[SystemMessage, Tag("<system>")]
     | Annotated[DeveloperMessage, Tag("<developer>")]
@@ -109,7 +105,7 @@ ChatMessage = Annotated[
     | Annotated[AssistantMessage, Tag("<assistant>")]
     | Annotated[ToolMessage, Tag("<tool>")],
     Discriminator(
-        _role_tag,
+        tag_by("role", ROLES),
         custom_error_type="invalid_role",
         custom_error_message="role must be one of " + ", ".join(f"'{r}'" for r in ROLES),
     ),

@@ -14,6 +14,7 @@ server: `top_k`, `min_p`, `repeat_penalty`.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Collection
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -50,6 +51,17 @@ def unsupported(only: str) -> Any:
         description=f"Not supported by this node: only {only} is accepted.",
         json_schema_extra={"x-llm-node-only": only},
     )
+
+
+def tag_by(field: str, values: Collection[str]) -> Callable[[Any], str | None]:
+    """A discriminator for bodies told apart by `field` (`type`, `role`): its value in angle
+    brackets when it is one of `values`, else None (pydantic then reports the union's error)."""
+
+    def tag(value: Any) -> str | None:
+        kind = value.get(field) if isinstance(value, dict) else getattr(value, field, None)
+        return f"<{kind}>" if kind in values else None
+
+    return tag
 
 
 def _text_or_list_tag(value: Any) -> str | None:
@@ -126,9 +138,7 @@ class JsonSchemaFormat(_Body):
     json_schema: JsonSchema
 
 
-def _format_tag(value: Any) -> str | None:
-    kind = value.get("type") if isinstance(value, dict) else getattr(value, "type", None)
-    return f"<{kind}>" if kind in ("text", "json_object", "json_schema") else None
+FORMAT_TYPES = ("text", "json_object", "json_schema")
 
 
 # Tags in angle brackets: not identifiers, so error locations skip them (see errors.param_path).
@@ -137,7 +147,7 @@ ResponseFormat = Annotated[
     | Annotated[JsonObjectFormat, Tag("<json_object>")]
     | Annotated[JsonSchemaFormat, Tag("<json_schema>")],
     Discriminator(
-        _format_tag,
+        tag_by("type", FORMAT_TYPES),
         custom_error_type="invalid_format",
         custom_error_message="type must be 'text', 'json_object' or 'json_schema'",
     ),

@@ -15,7 +15,14 @@ from typing import Annotated, Any, Literal
 from pydantic import Discriminator, Field, Tag
 
 from node.api.openai.chat_protocol import FUNCTION_NAME, Metadata
-from node.api.openai.protocol import _Body, integer, text_or_list, unsupported
+from node.api.openai.protocol import (
+    FORMAT_TYPES,
+    _Body,
+    integer,
+    tag_by,
+    text_or_list,
+    unsupported,
+)
 
 
 class InputText(_Body):
@@ -32,15 +39,10 @@ class OutputText(_Body):
     logprobs: list[Any] | None = Field(default=None, description="Accepted and ignored.")
 
 
-def _part_tag(value: Any) -> str | None:
-    kind = value.get("type") if isinstance(value, dict) else getattr(value, "type", None)
-    return f"<{kind}>" if kind in ("input_text", "output_text") else None
-
-
 TextPart = Annotated[
     Annotated[InputText, Tag("<input_text>")] | Annotated[OutputText, Tag("<output_text>")],
     Discriminator(
-        _part_tag,
+        tag_by("type", ("input_text", "output_text")),
         custom_error_type="invalid_part",
         custom_error_message="only 'input_text' and 'output_text' parts are supported",
     ),
@@ -169,17 +171,12 @@ class TextFormatJsonSchema(_Body):
     strict: bool | None = None
 
 
-def _format_tag(value: Any) -> str | None:
-    kind = value.get("type") if isinstance(value, dict) else getattr(value, "type", None)
-    return f"<{kind}>" if kind in ("text", "json_object", "json_schema") else None
-
-
 TextFormat = Annotated[
     Annotated[TextFormatText, Tag("<text>")]
     | Annotated[TextFormatJsonObject, Tag("<json_object>")]
     | Annotated[TextFormatJsonSchema, Tag("<json_schema>")],
     Discriminator(
-        _format_tag,
+        tag_by("type", FORMAT_TYPES),
         custom_error_type="invalid_format",
         custom_error_message="type must be 'text', 'json_object' or 'json_schema'",
     ),
