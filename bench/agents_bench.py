@@ -18,9 +18,7 @@ import argparse
 import asyncio
 import json
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -30,7 +28,7 @@ from typing import Any
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from http_bench import free_port, gguf_path, started, wait_ready
+from http_bench import serve_metered_node, threads_field
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL_ID = "smollm2-135m"
@@ -80,25 +78,12 @@ WORKLOADS: dict[str, dict[str, Any]] = {
 
 @contextmanager
 def start_node(args: argparse.Namespace) -> Iterator[tuple[str, str]]:
-    tmp = Path(tempfile.mkdtemp(prefix="agents-bench-"))
-    db = tmp / "meter.db"
-    llm_node = str(Path(sys.executable).with_name("llm-node"))
-    out = subprocess.run(
-        [llm_node, "api-keys", "create", "--level", "LLM", "--json", "--db", str(db)],
-        capture_output=True, text=True, check=True,
-    )  # fmt: skip
-    registry = tmp / "models.toml"
-    registry.write_text(
-        f'[[model]]\nid = "{MODEL_ID}"\npath = "{gguf_path()}"\nn_ctx = {args.n_ctx}\n'
-        f"parallel = {args.clients}\nchat_template = '''{TEMPLATE}'''\n"
-        + (f"n_threads = {args.threads}\n" if args.threads else "")
+    fields = (
+        f"n_ctx = {args.n_ctx}\nparallel = {args.clients}\nchat_template = '''{TEMPLATE}'''\n"
+        + threads_field(args.threads)
     )
-    port = free_port()
-    cmd = [llm_node, "serve", "--port", str(port), "--db", str(db), "--models", str(registry)]
-    with started(cmd, "agents-bench-node.log") as process:
-        url = f"http://127.0.0.1:{port}"
-        wait_ready(url, "/health", process)
-        yield url, json.loads(out.stdout)["secret"]
+    with serve_metered_node("agents-bench", fields) as target:
+        yield target.url, target.api_key
 
 
 async def one(client: httpx.AsyncClient, url: str, extra: dict[str, Any], seed: int,

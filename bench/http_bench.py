@@ -30,7 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -129,9 +129,16 @@ def gguf_path() -> str:
     return str(embedded_model_path())
 
 
+def threads_field(threads: int | None) -> str:
+    """The registry's `n_threads` line, or nothing for the node's default."""
+    return f"n_threads = {threads}\n" if threads else ""
+
+
 @contextlib.contextmanager
-def start_node(args: argparse.Namespace) -> Iterator[Target]:
-    tmp = Path(tempfile.mkdtemp(prefix="http-bench-"))
+def serve_metered_node(bench: str, fields: str, serve_args: Sequence[str] = ()) -> Iterator[Target]:
+    """`llm-node serve` with auth and meter on (a fresh meter database and LLM key) on a
+    registry of the default model; `fields`: that [[model]] table's lines after id and path."""
+    tmp = Path(tempfile.mkdtemp(prefix=f"{bench}-"))
     db = tmp / "meter.db"
     llm_node = str(Path(sys.executable).with_name("llm-node"))
     out = subprocess.run(
@@ -140,17 +147,21 @@ def start_node(args: argparse.Namespace) -> Iterator[Target]:
     )  # fmt: skip
     secret = json.loads(out.stdout)["secret"]
     registry = tmp / "models.toml"
-    registry.write_text(
-        f'[[model]]\nid = "{MODEL_ID}"\npath = "{gguf_path()}"\n'
-        f"n_ctx = {args.n_ctx}\nparallel = {args.parallel}\n"
-        + (f"n_threads = {args.threads}\n" if args.threads else "")
-    )
+    registry.write_text(f'[[model]]\nid = "{MODEL_ID}"\npath = "{gguf_path()}"\n{fields}')
     port = free_port()
-    cmd = [llm_node, "serve", "--port", str(port), "--db", str(db), "--models", str(registry)]
-    with started(cmd, "http-bench-node.log") as process:
+    cmd = [llm_node, "serve", "--port", str(port), "--db", str(db), "--models", str(registry),
+           *serve_args]  # fmt: skip
+    with started(cmd, f"{bench}-node.log") as process:
         url = f"http://127.0.0.1:{port}"
         wait_ready(url, "/health", process)
         yield Target("llm-node", url, secret, process.pid)
+
+
+@contextlib.contextmanager
+def start_node(args: argparse.Namespace) -> Iterator[Target]:
+    fields = f"n_ctx = {args.n_ctx}\nparallel = {args.parallel}\n" + threads_field(args.threads)
+    with serve_metered_node("http-bench", fields) as target:
+        yield target
 
 
 @contextlib.contextmanager

@@ -32,7 +32,6 @@ import random
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -44,13 +43,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from http_bench import (  # a sibling script, not a package
     MODEL_ID,
     Target,
-    free_port,
-    gguf_path,
     rss_mib,
+    serve_metered_node,
     start_llama_cpp_python,
     start_llama_server,
-    started,
-    wait_ready,
+    threads_field,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -216,27 +213,9 @@ async def run_chat(target: Target, args: argparse.Namespace) -> Result:
 @contextlib.contextmanager
 def start_node(args: argparse.Namespace) -> Iterator[Target]:
     """llm-node with auth and meter on (a fresh meter database and key)."""
-    tmp = Path(tempfile.mkdtemp(prefix="traffic-bench-"))
-    db = tmp / "meter.db"
-    llm_node = str(Path(sys.executable).with_name("llm-node"))
-    out = subprocess.run(
-        [llm_node, "api-keys", "create", "--level", "LLM", "--json", "--db", str(db)],
-        capture_output=True, text=True, check=True,
-    )  # fmt: skip
-    secret = json.loads(out.stdout)["secret"]
-    registry = tmp / "models.toml"
-    registry.write_text(
-        f'[[model]]\nid = "{MODEL_ID}"\npath = "{gguf_path()}"\n'
-        f"n_ctx = {args.n_ctx}\nparallel = {args.parallel}\n"
-        + (f"n_threads = {args.threads}\n" if args.threads else "")
-    )
-    port = free_port()
-    cmd = [llm_node, "serve", "--port", str(port), "--db", str(db), "--models", str(registry),
-           *args.node_args]  # fmt: skip
-    with started(cmd, "traffic-bench-node.log") as process:
-        url = f"http://127.0.0.1:{port}"
-        wait_ready(url, "/health", process)
-        yield Target("llm-node", url, secret, process.pid)
+    fields = f"n_ctx = {args.n_ctx}\nparallel = {args.parallel}\n" + threads_field(args.threads)
+    with serve_metered_node("traffic-bench", fields, args.node_args) as target:
+        yield target
 
 
 async def bench_target(target: Target, args: argparse.Namespace) -> list[Result]:
