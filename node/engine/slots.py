@@ -4,7 +4,7 @@ slot or restored from the host-memory prompt cache; what a slot loses is saved t
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import llama_cpp
@@ -30,10 +30,6 @@ class Slot:
         self.next_token = -1  # sampled, to be decoded in the next step
         self.stream = DeltaStream()
         self.admitted_at = 0
-
-
-def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    return common_prefix(a, b)
 
 
 def _worthwhile(gain: int, n_prompt: int) -> bool:
@@ -74,17 +70,17 @@ class Slots:
         reusable = max(len(prompt) - self.min_left, 0)
         best: Slot | None = None
         best_key = (-1, 0)
+        keep = 0  # the chosen slot's own reusable prefix
         for slot in self._slots:
             if slot.request is not None:
                 continue
-            shared = min(_common_prefix(slot.cache, prompt), reusable)
+            shared = min(common_prefix(slot.cache, prompt), reusable)
             worth = shared if _worthwhile(shared, len(prompt)) else 0
             key = (worth, -slot.seq_id)
             if key > best_key:
-                best, best_key = slot, key
+                best, best_key, keep = slot, key, shared
         assert best is not None, "admitted without a free slot"
         slot = best
-        keep = min(_common_prefix(slot.cache, prompt), reusable)
         if keep < len(slot.cache):
             # What this slot held is about to go: keep it in host memory for a later prompt.
             self.prompt_cache.save(self._ctx, slot.seq_id, slot.cache)
@@ -130,7 +126,7 @@ class Slots:
         donor, shared = None, keep
         for other in self._slots:
             if other is not slot:
-                n = min(_common_prefix(other.cache, prompt), reusable)
+                n = min(common_prefix(other.cache, prompt), reusable)
                 if n > shared:
                     donor, shared = other, n
         return donor, shared
