@@ -10,13 +10,13 @@ from typing import Any
 
 from node.meter.billing import GROUPS as LOCAL_GROUPS
 from node.meter.billing import (
-    PRICE_COLUMNS,
     REQUEST_COLUMNS,
     TOKEN_SUMS,
     Filters,
     request_json,
     summarize,
 )
+from node.meter.usage import PRICE_COLUMNS
 
 _DAY = "to_char(to_timestamp(started / 1000000) AT TIME ZONE 'UTC', 'YYYY-MM-DD')"
 

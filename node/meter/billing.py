@@ -16,6 +16,7 @@ from typing import Any
 
 from node.meter.money import Rates, cost_from_units, cost_parts, exact_text, price_from_micro
 from node.meter.times import iso
+from node.meter.usage import PRICE_COLUMNS
 
 # --by choice → (JSON field name, SQL expression)
 GROUPS: dict[str, tuple[str, str]] = {
@@ -27,8 +28,7 @@ GROUPS: dict[str, tuple[str, str]] = {
 }
 
 
-# The prices a row was billed at, and its token sums, as the reports group and sum them.
-PRICE_COLUMNS = "prompt_price_micro, completion_price_micro, cached_price_micro"
+# A group's token sums, as the reports sum them per price (`usage.PRICE_COLUMNS`).
 TOKEN_SUMS = "count(*), sum(prompt_tokens), sum(cached_tokens), sum(completion_tokens)"
 
 

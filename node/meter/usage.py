@@ -185,40 +185,40 @@ def finish(
     if status not in FINAL_STATUSES:
         raise ValueError(f"status {status!r} is not one of {', '.join(FINAL_STATUSES)}")
     _check_counts(usage)
-    before = conn.execute(
-        "SELECT key_id, org, started, reserved_units FROM requests"
-        " WHERE id = ? AND status = 'running'",
-        (request_id,),
-    ).fetchone()
-    conn.execute(
-        "UPDATE requests SET prompt_tokens = ?, cached_tokens = ?, completion_tokens = ?,"
-        " cost_units = ?, reserved_units = 0, finished = ?, status = ?"
-        " WHERE id = ? AND status = 'running'",
-        (*_counts(usage), _row_cost(conn, request_id, usage), now_us, status, request_id),
-    )
     row = conn.execute(
-        "SELECT cost_units, currency, prompt_price_micro IS NOT NULL FROM requests WHERE id = ?",
+        "SELECT status, key_id, org, started, reserved_units, cost_units, currency,"
+        f" {PRICE_COLUMNS} FROM requests WHERE id = ?",
         (request_id,),
     ).fetchone()
     if row is None:
         raise UnknownRequest(f"no meter row for request {request_id!r}")
-    units, currency, priced = row
-    if before is not None:
-        _settle(conn, *before, units)
-    return Bill(cost=cost_from_units(units), currency=currency, priced=bool(priced))
+    state, key_id, org, started, reserved, units, currency, *rates = row
+    priced = rates[0] is not None
+    if state == "running":
+        units = cost_units(*_counts(usage), Rates(*rates)) if priced else 0
+        conn.execute(
+            "UPDATE requests SET prompt_tokens = ?, cached_tokens = ?, completion_tokens = ?,"
+            " cost_units = ?, reserved_units = 0, finished = ?, status = ? WHERE id = ?",
+            (*_counts(usage), units, now_us, status, request_id),
+        )
+        _settle(conn, key_id, org, started, reserved, units)
+    return Bill(cost=cost_from_units(units), currency=currency, priced=priced)
+
+
+# The prices a row was admitted at, in `Rates` order (NULL prompt price: unpriced); the
+# billing reports group by them.
+PRICE_COLUMNS = "prompt_price_micro, completion_price_micro, cached_price_micro"
 
 
 def _row_price(conn: sqlite3.Connection, request_id: str) -> prices.PriceMicro | None:
     """The prices copied onto the row at admission (None: unpriced, or no such row)."""
     row = conn.execute(
-        "SELECT prompt_price_micro, completion_price_micro, cached_price_micro, currency"
-        " FROM requests WHERE id = ?",
-        (request_id,),
+        f"SELECT {PRICE_COLUMNS}, currency FROM requests WHERE id = ?", (request_id,)
     ).fetchone()
     if row is None or row[0] is None:
         return None
-    prompt, completion, cached, currency = row
-    return prices.PriceMicro(Rates(prompt, completion, cached), currency)
+    *rates, currency = row
+    return prices.PriceMicro(Rates(*rates), currency)
 
 
 def _row_cost(conn: sqlite3.Connection, request_id: str, usage: Usage) -> int:
