@@ -98,18 +98,18 @@ def created_now() -> int:
     return int(time.time())
 
 
-def _event(item: StreamItem) -> str | ServerSentEvent:
-    if isinstance(item, ServerSentEvent):
-        return item
+def _json(item: BaseModel | dict[str, Any]) -> str:
     data = item.model_dump(mode="json") if isinstance(item, BaseModel) else item
     return json.dumps(data, separators=(",", ":"), ensure_ascii=False)
 
 
+def _event(item: StreamItem) -> str | ServerSentEvent:
+    return item if isinstance(item, ServerSentEvent) else _json(item)
+
+
 def named_event(name: str, data: BaseModel | dict[str, Any]) -> ServerSentEvent:
     """`event: <name>` with its JSON `data:` line."""
-    payload = data.model_dump(mode="json") if isinstance(data, BaseModel) else data
-    text = json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
-    return ServerSentEvent(data=text, event=name)
+    return ServerSentEvent(data=_json(data), event=name)
 
 
 def client_reason(finished: Finished) -> str:
