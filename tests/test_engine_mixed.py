@@ -47,6 +47,14 @@ async def tokens_and_logprobs(engine, tokens: list[int], params: SamplingParams)
     return await drain(engine.submit(tokens, params))
 
 
+def submit_together(engine, jobs):
+    """Submit (tokens, params) jobs so that one scheduler step admits them all: its lock is
+    held meanwhile (a reentrant one, so `submit` still takes it here). Which prompts share a
+    step then does not depend on thread timing, and neither do their logits."""
+    with engine._cond:
+        return [engine.submit(tokens, params) for tokens, params in jobs]
+
+
 async def drain(request):
     """A submitted request's tokens and logprobs."""
     out: list[int] = []
@@ -63,11 +71,7 @@ def test_greedy_batched_agrees_with_alone_on_nearly_every_token_and_logits(engin
     params = SamplingParams(temperature=0.0, max_tokens=MAX, logprobs=5, logit_bias=NO_EOG_BIAS)
 
     async def together():
-        # All eight are queued before the scheduler's next step takes any (its lock is held:
-        # a reentrant one, so `submit` still takes it here), so they are admitted in one step
-        # and the batches they share do not depend on thread timing.
-        with engine._cond:
-            requests = [engine.submit(t, params) for t in prompts]
+        requests = submit_together(engine, [(t, params) for t in prompts])
         return await asyncio.gather(*(drain(r) for r in requests))
 
     batched = run(together())
@@ -134,8 +138,8 @@ def test_a_sequence_never_attends_to_its_batch_mates_tokens(engine):
     endless = SamplingParams(temperature=0.0, max_tokens=8, logit_bias=NO_EOG_BIAS)
 
     async def beside(mates):
-        runs = [tokens_and_logprobs(engine, m, endless) for m in mates]
-        results = await asyncio.gather(tokens_and_logprobs(engine, probe, params), *runs)
+        requests = submit_together(engine, [(probe, params)] + [(m, endless) for m in mates])
+        results = await asyncio.gather(*(drain(r) for r in requests))
         return results[0]
 
     first = run(beside(mates_a))
