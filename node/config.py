@@ -44,7 +44,11 @@ class ModelSpec(BaseModel):
     batching: Literal["mixed", "exact"] = "mixed"
     prefill_chunk: int = Field(default=512, ge=1, le=65536)  # prompt tokens per mixed step
     prompt_cache_mib: int = Field(default=1024, ge=0)  # host KV of overwritten slots; 0: off
-    flash_attn: bool = False
+    # One KV pool for every slot: a request may use up to n_ctx when the others leave room
+    # (engine/kv_room.py); off: each slot owns n_ctx / parallel, and a step is cheaper on CPU.
+    kv_unified: bool = False
+    # "auto": llama.cpp turns it on where the backend supports it (llama-server's default)
+    flash_attn: bool | Literal["auto"] = "auto"
     type_k: KvCacheType | None = None
     type_v: KvCacheType | None = None
     # Other names clients may send; `*` matches any characters ("claude-*": Claude Code's

@@ -143,7 +143,9 @@ def test_flash_attention_and_quantized_kv_cache_from_the_spec(default_gguf):
 
 
 def test_quantized_v_cache_without_flash_attention_is_a_clear_load_error(default_gguf):
-    spec = ModelSpec(id="bad", path=default_gguf, n_ctx=512, parallel=1, type_v="q4_0")
+    spec = ModelSpec(
+        id="bad", path=default_gguf, n_ctx=512, parallel=1, type_v="q4_0", flash_attn=False
+    )
     model = LoadedModel(spec)
     try:
         with pytest.raises(ModelLoadError, match="flash_attn"):

@@ -44,6 +44,12 @@ _FTYPE_NAMES: dict[int, str] = {
 }
 _FTYPE_GUESSED = 1024
 
+_FLASH_ATTN_TYPES: dict[bool | str, int] = {
+    "auto": llama_cpp.LLAMA_FLASH_ATTN_TYPE_AUTO,
+    True: llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED,
+    False: llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED,
+}
+
 _backend_lock = threading.Lock()
 _backend_ready = False
 
@@ -257,6 +263,7 @@ class LoadedModel:
         n_seq_max: int,
         n_batch: int,
         embeddings: bool = False,
+        unified: bool = False,
     ) -> llama_cpp.llama_context_params:
         """Context parameters from the spec: threads, batch, flash attention, KV cache types."""
         spec = self.spec
@@ -268,19 +275,21 @@ class LoadedModel:
         threads = spec.n_threads or physical_cores()
         params.n_threads = threads
         params.n_threads_batch = threads
-        params.flash_attn_type = (
-            llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED
-            if spec.flash_attn
-            else llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
-        )
+        # "auto" is off where results must not depend on batch mates: flash attention's f16
+        # accumulation moves an embedding by more than 1e-4 between batched and alone, and
+        # exact batching promises output bit-identical to llama-cpp-python's `Llama` alone.
+        flash_attn = spec.flash_attn
+        if flash_attn == "auto" and (embeddings or spec.batching == "exact"):
+            flash_attn = False
+        params.flash_attn_type = _FLASH_ATTN_TYPES[flash_attn]
         if spec.type_k is not None:
             params.type_k = _KV_TYPES[spec.type_k]
         if spec.type_v is not None:
             params.type_v = _KV_TYPES[spec.type_v]
-        # Generation: one KV stream per sequence, so a sequence's attention never sees (or pads
-        # over) another sequence's cells (see `steps` for why even mixed batching keeps this).
-        # Embeddings clear the cache after every call, so their inputs share one stream.
-        params.kv_unified = embeddings
+        # Generation: one KV stream per sequence unless `unified`, so a sequence's attention
+        # never sees (or pads over) another sequence's cells (see `steps`). Embeddings clear
+        # the cache after every call, so their inputs share one stream.
+        params.kv_unified = embeddings or unified
         params.no_perf = True
         if embeddings:
             params.embeddings = True
@@ -293,7 +302,7 @@ class LoadedModel:
             raise ModelLoadError(
                 f"model {self.spec.id}: llama.cpp could not create a context "
                 f"(n_ctx={params.n_ctx}, parallel={params.n_seq_max}; a quantized V cache "
-                "needs flash_attn)"
+                'needs flash_attn = true or "auto")'
             )
         return ctx
 
