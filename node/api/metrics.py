@@ -8,8 +8,9 @@ per batched step however many sequences it carries; so are `n_busy_slots_per_dec
 actually decoded, as llama-server does; the ones reused from the KV cache are
 `llamacpp:prompt_tokens_cached_total`. Every dialect's requests are counted per endpoint
 (`chat.completions`, `completions`, `embeddings`, `responses`, `messages`). Approximations:
-`llamacpp:requests_deferred` counts admitted requests that have not produced a token yet
-(queued or in prompt processing), and prompt time is the time to the first token.
+`llamacpp:requests_deferred` counts the requests an engine holds back, waiting for a slot or (in
+a unified KV) for room, as llama-server's deferred queue does. Approximation: prompt time is the
+time to the first token.
 """
 
 from __future__ import annotations
@@ -65,9 +66,6 @@ class NodeMetrics:
         )
         self.processing = Gauge(
             "llamacpp:requests_processing", "Number of requests processing.", registry=r
-        )
-        self.deferred = Gauge(
-            "llamacpp:requests_deferred", "Requests waiting for their first token.", registry=r
         )
         labels = ["model", "key_id"]
         self.key_prompt = Counter(
@@ -138,10 +136,8 @@ class NodeMetrics:
 
     def started(self, model: str) -> None:
         self.processing.inc()
-        self.deferred.inc()
 
     def first_token(self, model: str, seconds: float) -> None:
-        self.deferred.dec()
         self.ttft.labels(model).observe(seconds)
 
     def finished(
@@ -155,8 +151,6 @@ class NodeMetrics:
         seconds: float,
         prefill_seconds: float | None,
     ) -> None:
-        if endpoint == "embeddings" or prefill_seconds is None:
-            self.deferred.dec()  # never produced text
         self.processing.dec()
         self.prompt_tokens.inc(counts.prompt_tokens - counts.cached_tokens)
         self.prompt_cached.inc(counts.cached_tokens)
@@ -216,6 +210,11 @@ class _EngineGauges(Collector):
         )
         yield GaugeMetricFamily(
             "llamacpp:n_tokens_max", "Largest observed n_tokens.", value=s.n_tokens_max
+        )
+        yield GaugeMetricFamily(
+            "llamacpp:requests_deferred",
+            "Requests waiting for a slot or KV room.",
+            value=s.requests_waiting,
         )
         yield GaugeMetricFamily(
             "llamacpp:kv_cache_tokens", "KV-cache tokens (every slot).", value=s.kv_tokens

@@ -104,6 +104,12 @@ def with_engine_options(specs: list[ModelSpec], **options: object) -> list[Model
     help="Host memory in MiB per generation model for the KV of prompts that left their slot "
     "(default 1024, or the registry's; 0: off).",
 )
+@click.option(
+    "--kv-unified/--no-kv-unified",
+    default=None,
+    help="One KV pool for all slots, so a request may use up to n_ctx while others leave room "
+    "(default off, or the registry's `kv_unified`: each slot owns n_ctx / parallel).",
+)
 @fleet_db_option
 @click.option(
     "--node-id",
@@ -148,6 +154,7 @@ def serve(
     batching: str | None,
     prefill_chunk: int | None,
     prompt_cache_mib: int | None,
+    kv_unified: bool | None,
     fleet_db: str | None,
     node_id: str | None,
     fleet_poll: float,
@@ -160,7 +167,11 @@ def serve(
     except RegistryError as exc:
         raise click.UsageError(str(exc)) from None
     specs = with_engine_options(
-        specs, batching=batching, prefill_chunk=prefill_chunk, prompt_cache_mib=prompt_cache_mib
+        specs,
+        batching=batching,
+        prefill_chunk=prefill_chunk,
+        prompt_cache_mib=prompt_cache_mib,
+        kv_unified=kv_unified,
     )
     if gpu_type is not None and not gpu_type.strip():
         raise click.BadParameter("must not be empty", param_hint="--gpu-type")

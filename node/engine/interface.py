@@ -117,6 +117,7 @@ class EngineStats:
     n_tokens_max: int = 0  # the most tokens one sequence has held
     kv_tokens: int = 0  # tokens in the KV cache now, every slot of every model
     kv_capacity: int = 0  # the KV cache's size in tokens
+    requests_waiting: int = 0  # queued for a slot (or KV room): requests_deferred
 
 
 Role = Literal["system", "developer", "user", "assistant", "tool"]

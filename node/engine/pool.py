@@ -114,6 +114,7 @@ class ModelPool:
             n_tokens_max=max((e.n_tokens_max for e in engines), default=0),
             kv_tokens=sum(sum(e.slot_tokens()) for e in engines),
             kv_capacity=sum(e.info.n_ctx for e in engines),
+            requests_waiting=sum(e.queued() for e in engines),
         )
 
     def prompt_cache_stats(self) -> dict[str, PromptCacheStats]:

@@ -37,6 +37,7 @@ from node.engine.interface import (
     SamplingParams,
     StopType,
 )
+from node.engine.kv_room import KvRoom
 from node.engine.logprobs import sample
 from node.engine.model import LoadedModel
 from node.engine.prompt_cache import MIB, PromptCache
@@ -57,7 +58,8 @@ class Scheduler(StepDecoder):
         spec = model.spec
         self.model = model
         self.parallel = spec.parallel
-        self.n_ctx_per_seq = spec.n_ctx // spec.parallel
+        self._room = KvRoom(spec.n_ctx, spec.parallel, unified=spec.kv_unified)
+        self.n_ctx_per_seq = self._room.per_request
         self.mixed = spec.batching == "mixed"
         self.prefill_chunk = spec.prefill_chunk
         # room for one token per sequence (and, mixed, a prompt chunk beside them)
@@ -66,9 +68,10 @@ class Scheduler(StepDecoder):
         self.max_queue = max_queue if max_queue is not None else 4 * spec.parallel
         self._ctx = model.new_context(
             model.context_params(
-                n_ctx=self.n_ctx_per_seq * self.parallel,
+                n_ctx=self._room.n_cells,
                 n_seq_max=self.parallel,
                 n_batch=self.n_batch,
+                unified=spec.kv_unified,
             )
         )
         self._memory = llama_cpp.llama_get_memory(self._ctx)
@@ -88,7 +91,7 @@ class Scheduler(StepDecoder):
         self.n_tokens_max = 0  # the most tokens one sequence held (llama-server's n_tokens_max)
         self.info = model.model_info(
             embeddings=False,
-            n_ctx=self.n_ctx_per_seq * self.parallel,
+            n_ctx=self._room.n_cells,
             n_ctx_per_seq=self.n_ctx_per_seq,
             parallel=self.parallel,
         )
@@ -109,7 +112,7 @@ class Scheduler(StepDecoder):
         return self.model.detokenize(tokens, special)
 
     def check_fits(self, n_prompt_tokens: int, max_tokens: int | None) -> None:
-        if n_prompt_tokens + (max_tokens or 0) > self.n_ctx_per_seq:
+        if not self._room.fits(n_prompt_tokens, max_tokens):
             raise ContextOverflow(n_prompt_tokens, self.n_ctx_per_seq)
 
     def validate(self, params: SamplingParams) -> None:
@@ -203,8 +206,15 @@ class Scheduler(StepDecoder):
                 self._waiting.remove(r)
                 r.sampler.close()
                 events.append((r, Finished("cancelled", r.counts)))
-        free = sum(slot.request is None for slot in self._slots)
-        return [self._waiting.popleft() for _ in range(min(free, len(self._waiting)))]
+        # First come, first served: the oldest request waits for a slot and, in a unified
+        # KV, for room beside the running ones' reservations; the rest wait behind it.
+        reserved = [slot.limit for slot in self._slots if slot.request is not None]
+        wanted = (self._reservation(r) for r in self._waiting)
+        n = self._room.admissible(reserved, wanted, self.parallel - len(reserved))
+        return [self._waiting.popleft() for _ in range(n)]
+
+    def _reservation(self, request: Request) -> int:
+        return self._room.reservation(len(request.prompt), request.params.max_tokens)
 
     def _step(self, admitted: list[Request], events: Events) -> None:
         for slot in self._slots:
@@ -231,7 +241,11 @@ class Scheduler(StepDecoder):
             self._finish(slot, "error", events, drop_kv=True, error=reason)
 
     def _admit(self, request: Request) -> None:
+        limit = self._reservation(request)
+        reserved = [slot.limit for slot in self._slots if slot.request is not None]
+        self._slots.evict_idle(self._room.idle_room([*reserved, limit]), request.prompt)
         slot = self._slots.place(request.prompt)
+        slot.limit = limit
         keep = len(slot.cache)
         request.live_counts.cached_tokens = keep
         slot.request = request
@@ -274,17 +288,17 @@ class Scheduler(StepDecoder):
             events.append((request, delta))
         if slot.stream.stopped:
             self._finish(slot, "word", events)
-        elif self._out_of_room(request, len(slot.cache)):
+        elif self._out_of_room(slot):
             self._finish(slot, "length", events)
         else:
             slot.next_token = token
 
-    def _out_of_room(self, request: Request, n_cached: int) -> bool:
-        """max_tokens reached, or no room left in the sequence's context to decode the token."""
-        limit = request.params.max_tokens
-        return (
-            limit is not None and request.live_counts.completion_tokens >= limit
-        ) or n_cached >= self.n_ctx_per_seq
+    def _out_of_room(self, slot: Slot) -> bool:
+        """max_tokens reached, or no room left in the sequence's cells to decode the token."""
+        assert slot.request is not None
+        limit = slot.request.params.max_tokens
+        generated = slot.request.live_counts.completion_tokens
+        return (limit is not None and generated >= limit) or len(slot.cache) >= slot.limit
 
     def _finish(
         self,

@@ -30,6 +30,7 @@ class Slot:
         self.next_token = -1  # sampled, to be decoded in the next step
         self.stream = DeltaStream()
         self.admitted_at = 0
+        self.limit = 0  # KV cells the request may hold (`kv_room`)
 
 
 def _worthwhile(gain: int, n_prompt: int) -> bool:
@@ -103,6 +104,19 @@ class Slots:
             keep = from_donor
         self.trim(slot, keep)
         return slot
+
+    def evict_idle(self, room: int, prompt: list[int]) -> None:
+        """Empty idle slots, their KV saved to the prompt cache first, until the idle ones hold
+        at most `room` cells: those sharing least with `prompt` first, then the oldest."""
+        idle = [s for s in self._slots if s.request is None and s.cache]
+        held = sum(len(s.cache) for s in idle)
+        idle.sort(key=lambda s: (common_prefix(s.cache, prompt), s.admitted_at))
+        for slot in idle:
+            if held <= room:
+                return
+            held -= len(slot.cache)
+            self.prompt_cache.save(self._ctx, slot.seq_id, slot.cache)
+            self.trim(slot, 0)
 
     def _restore(self, slot: Slot, key: tuple[int, ...], shared: int) -> bool:
         """Load the cached KV of `key` into `slot`, keeping its first `shared` tokens."""
