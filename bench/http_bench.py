@@ -167,8 +167,11 @@ def start_node(args: argparse.Namespace) -> Iterator[Target]:
 @contextlib.contextmanager
 def start_llama_cpp_python(args: argparse.Namespace) -> Iterator[Target]:
     port = free_port()
+    # `--llama-cpp-python-venv`: a Python whose llama-cpp-python has the [server] extra, kept
+    # apart so fastapi's pins never touch the node's environment.
+    python = getattr(args, "llama_cpp_python_python", None) or sys.executable
     cmd = [
-        sys.executable, "-m", "llama_cpp.server", "--model", gguf_path(),
+        python, "-m", "llama_cpp.server", "--model", gguf_path(),
         "--model_alias", MODEL_ID, "--n_ctx", str(args.n_ctx // args.parallel),
         "--port", str(port), "--host", "127.0.0.1",
         "--interrupt_requests", "False",  # queue concurrent requests instead of aborting them

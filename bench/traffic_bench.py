@@ -19,6 +19,14 @@ over rounds of llm-node's tok/s divided by the peer's in the same round.
     bash bench/build_llama_server.sh    # once, ~10 min; prints the binary's path
     .venv/bin/python bench/traffic_bench.py --rounds 2
     .venv/bin/python bench/traffic_bench.py --workloads distinct --prompts 8 --rounds 1
+    .venv/bin/python bench/traffic_bench.py --variant --kv-unified \
+        --llama-cpp-python --llama-cpp-python-python /tmp/lcpp/bin/python
+
+`--variant` adds a second llm-node with extra serve options (ratios stay against the first);
+llama-cpp-python's server needs its [server] extra, best in a venv of its own:
+`python3 -m venv /tmp/lcpp && /tmp/lcpp/bin/pip install llama-cpp-python[server]` (or the wheel
+scripts/setup.sh cached, plus fastapi, uvicorn, sse-starlette, pydantic-settings,
+starlette-context).
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import itertools
 import json
 import random
@@ -211,11 +220,11 @@ async def run_chat(target: Target, args: argparse.Namespace) -> Result:
 
 
 @contextlib.contextmanager
-def start_node(args: argparse.Namespace) -> Iterator[Target]:
+def start_node(args: argparse.Namespace, extra: list[str], name: str) -> Iterator[Target]:
     """llm-node with auth and meter on (a fresh meter database and key)."""
     fields = f"n_ctx = {args.n_ctx}\nparallel = {args.parallel}\n" + threads_field(args.threads)
-    with serve_metered_node("traffic-bench", fields, args.node_args) as target:
-        yield target
+    with serve_metered_node("traffic-bench", fields, [*args.node_args, *extra]) as target:
+        yield dataclasses.replace(target, name=name)
 
 
 async def bench_target(target: Target, args: argparse.Namespace) -> list[Result]:
@@ -278,6 +287,14 @@ def main() -> None:
     parser.add_argument("--llama-server", help="llama-server binary (default: build_llama_server)")
     parser.add_argument("--no-llama-server", action="store_true", help="llm-node alone")
     parser.add_argument("--llama-cpp-python", action="store_true", help="also its server")
+    parser.add_argument(
+        "--llama-cpp-python-python",
+        metavar="PYTHON",
+        help="the Python running it (one with llama-cpp-python[server])",
+    )
+    parser.add_argument("--variant", type=lambda s: s.split(), default=None,
+                        help="also an llm-node with these extra serve options, e.g. "
+                        "'--kv-unified'")  # fmt: skip
     parser.add_argument("--workloads", type=lambda s: [w for w in s.split(",") if w],
                         default=list(WORKLOADS), help=f"of {WORKLOADS}")  # fmt: skip
     parser.add_argument("--prompts", type=int, default=24, help="distinct prompts")
@@ -297,8 +314,11 @@ def main() -> None:
         parser.error(f"unknown workload(s) {unknown}; known: {WORKLOADS}")
 
     factories: list[tuple[str, Callable[[], contextlib.AbstractContextManager[Target]]]] = [
-        ("llm-node", lambda: start_node(args))
+        ("llm-node", lambda: start_node(args, [], "llm-node"))
     ]
+    if args.variant:
+        variant = "llm-node " + " ".join(args.variant)
+        factories.append((variant, lambda: start_node(args, args.variant, variant)))
     if not args.no_llama_server:
         binary = args.llama_server or default_llama_server()
         if binary is None:
