@@ -7,7 +7,7 @@ per batched step however many sequences it carries; so are `n_busy_slots_per_dec
 `n_tokens_max` and the KV cache gauges. `llamacpp:prompt_tokens_total` counts the prompt tokens
 actually decoded, as llama-server does; the ones reused from the KV cache are
 `llamacpp:prompt_tokens_cached_total`. Every dialect's requests are counted per endpoint
-(`chat.completions`, `completions`, `embeddings`, `responses`, `messages`). Approximations:
+(`chat.completions`, `completions`, `embeddings`, `responses`, `messages`).
 `llamacpp:requests_deferred` counts the requests an engine holds back, waiting for a slot or (in
 a unified KV) for room, as llama-server's deferred queue does. Approximation: prompt time is the
 time to the first token.

@@ -208,13 +208,17 @@ class Scheduler(StepDecoder):
                 events.append((r, Finished("cancelled", r.counts)))
         # First come, first served: the oldest request waits for a slot and, in a unified
         # KV, for room beside the running ones' reservations; the rest wait behind it.
-        reserved = [slot.limit for slot in self._slots if slot.request is not None]
+        reserved = self._reserved()
         wanted = (self._reservation(r) for r in self._waiting)
         n = self._room.admissible(reserved, wanted, self.parallel - len(reserved))
         return [self._waiting.popleft() for _ in range(n)]
 
     def _reservation(self, request: Request) -> int:
         return self._room.reservation(len(request.prompt), request.params.max_tokens)
+
+    def _reserved(self) -> list[int]:
+        """The KV cells each running request may hold."""
+        return [slot.limit for slot in self._slots if slot.request is not None]
 
     def _step(self, admitted: list[Request], events: Events) -> None:
         for slot in self._slots:
@@ -242,8 +246,7 @@ class Scheduler(StepDecoder):
 
     def _admit(self, request: Request) -> None:
         limit = self._reservation(request)
-        reserved = [slot.limit for slot in self._slots if slot.request is not None]
-        self._slots.evict_idle(self._room.idle_room([*reserved, limit]), request.prompt)
+        self._slots.evict_idle(self._room.idle_room([*self._reserved(), limit]), request.prompt)
         slot = self._slots.place(request.prompt)
         slot.limit = limit
         keep = len(slot.cache)

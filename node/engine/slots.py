@@ -110,6 +110,8 @@ class Slots:
         at most `room` cells: those sharing least with `prompt` first, then the oldest."""
         idle = [s for s in self._slots if s.request is None and s.cache]
         held = sum(len(s.cache) for s in idle)
+        if held <= room:
+            return  # always so with one stream per slot: no prefix comparisons per admission
         idle.sort(key=lambda s: (common_prefix(s.cache, prompt), s.admitted_at))
         for slot in idle:
             if held <= room:
